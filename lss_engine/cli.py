@@ -1,0 +1,266 @@
+"""The ``lss`` command: parses arguments, calls the library, prints.
+
+Bad input ends in one line on stderr (``lss: error: ...``) and exit status 2
+(usage) or 1 (a run that could not proceed); never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .errors import LssError
+from .units import format_time_ps, parse_time_ps
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line, without the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _system_names() -> list[str]:
+    from .systems import list_systems
+
+    return list_systems()
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog="lss",
+        description="lss_engine: learn kinetic models from live OpenMM molecular dynamics.",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"lss_engine {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
+    sub.required = True
+
+    sim = sub.add_parser(
+        "simulate",
+        help="run OpenMM MD of a test system and stream featurized frames into a zarr store",
+        description=(
+            "Run OpenMM MD of one of lss_engine's test systems and stream featurized frames into a "
+            "zarr trajectory store (see docs/store.md). Ctrl-C stops cleanly; --resume continues."
+        ),
+    )
+    sim.add_argument("--system", default="alanine-dipeptide", metavar="NAME",
+                     help="test system: " + ", ".join(_system_names()) + " (default: %(default)s)")
+    sim.add_argument("--temperature", type=float, default=None, metavar="K",
+                     help="temperature in kelvin (default: the system's own, e.g. 300 K)")
+    length = sim.add_mutually_exclusive_group()
+    length.add_argument("--ns", type=float, default=None,
+                        help="simulated time in ns (default 1; toy systems: 1 reduced time unit = 1 ps)")
+    length.add_argument("--steps", type=int, default=None, help="number of integration steps instead of --ns")
+    sim.add_argument("--report-interval", default="1ps", metavar="TIME|STEPS",
+                     help="time between frames ('1ps', '500fs') or a number of steps (default: %(default)s)")
+    sim.add_argument("--features", default="auto", metavar="LIST",
+                     help="comma-separated features: backbone-torsions, backbone-torsions-sincos, chi-torsions, "
+                          "ca-distances, heavy-atom-distances, contacts, aligned-positions, positions, or 'none' "
+                          "(default 'auto': backbone-torsions,heavy-atom-distances for peptides, positions for toys)")
+    sim.add_argument("--save-atoms", default="all", metavar="SEL",
+                     help="atoms whose positions are stored: all, heavy, ca, backbone, none, or an mdtraj "
+                          "selection (default: %(default)s)")
+    sim.add_argument("--out", required=True, metavar="STORE", help="output store directory, e.g. runs/ala2.zarr")
+    sim.add_argument("--seed", type=int, default=None, help="random seed for velocities and the integrator")
+    sim.add_argument("--platform", default="auto",
+                     help="OpenMM platform: auto (fastest for this system), Reference, CPU, CUDA, OpenCL")
+    sim.add_argument("--equilibrate", default="10ps", metavar="TIME",
+                     help="unrecorded MD after minimisation (default: %(default)s)")
+    sim.add_argument("--flush-interval", type=int, default=100, metavar="FRAMES",
+                     help="frames buffered before writing; a crash loses at most this many (default: %(default)s)")
+    sim.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
+    sim.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run from its checkpoint (STORE.state.xml) up to --ns")
+    sim.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    info = sub.add_parser("info", help="summarise one or more stores",
+                          description="Print frames, time span, features, saved atoms and schema version of stores.")
+    info.add_argument("stores", nargs="+", metavar="STORE")
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return parser
+
+
+# ---------------------------------------------------------------------------
+# lss simulate
+# ---------------------------------------------------------------------------
+def _report_interval_steps(text: str, timestep_ps: float) -> int:
+    text = text.strip()
+    if text.isdigit() or text.endswith("steps"):
+        steps = int(text.removesuffix("steps").strip())
+    else:
+        ratio = parse_time_ps(text) / timestep_ps
+        steps = round(ratio)
+        if steps < 1 or abs(ratio - steps) > 1e-6 * ratio:
+            raise LssError(
+                f"--report-interval {text} is not a whole number of {timestep_ps:g} ps steps"
+            )
+    if steps < 1:
+        raise LssError("--report-interval must be at least one step")
+    return steps
+
+
+def _checkpoint_path(store: Path) -> Path:
+    return store.with_name(store.name + ".state.xml")
+
+
+def _save_checkpoint(simulation, path: Path) -> None:
+    """OpenMM state XML (no pickle), written atomically."""
+    tmp = path.with_name(path.name + ".partial")
+    simulation.saveState(str(tmp))
+    os.replace(tmp, path)
+
+
+def _default_features(test_system) -> str:
+    residues = [r.name for r in test_system.topology.residues()]
+    return "backbone-torsions,heavy-atom-distances" if "ALA" in residues or len(residues) > 1 else "positions"
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .features import build_featurizer, select_atoms
+    from .reporters import ZarrReporter
+    from .systems import get_system
+
+    kwargs = {} if args.temperature is None else {"temperature": args.temperature}
+    test_system = get_system(args.system, **kwargs)
+    timestep_ps = test_system.timestep._value
+    interval = _report_interval_steps(args.report_interval, timestep_ps)
+    if args.steps is not None:
+        total_steps = args.steps
+    else:
+        ns = 1.0 if args.ns is None else args.ns
+        total_steps = round(ns * 1000.0 / timestep_ps)
+    if total_steps < 1:
+        raise LssError("nothing to simulate: --ns/--steps must be positive")
+    out = Path(args.out)
+    checkpoint = _checkpoint_path(out)
+    if args.resume and not checkpoint.exists():
+        raise LssError(f"--resume: no checkpoint {checkpoint} (was the run started with this lss?)")
+    if out.exists() and not (args.overwrite or args.resume):
+        raise LssError(f"{out} exists; use --resume to continue it or --overwrite to replace it")
+
+    features = _default_features(test_system) if args.features == "auto" else args.features
+    featurizer = None
+    if features.strip().lower() != "none":  # resolved now, so a bad name fails before any MD
+        featurizer = build_featurizer(features, test_system.topology,
+                                      reference_positions=test_system.positions._value)
+    atoms = None if args.save_atoms == "all" else args.save_atoms
+    if atoms is not None:
+        select_atoms(test_system.topology, atoms)
+
+    simulation = test_system.make_simulation(platform=args.platform, seed=args.seed)
+    if args.resume:
+        simulation.loadState(str(checkpoint))
+        state = simulation.context.getState()
+        simulation.currentStep = int(round(state.getTime()._value / timestep_ps))
+    else:
+        equil = round(parse_time_ps(args.equilibrate) / timestep_ps)
+        if equil > 0:
+            simulation.step(equil)
+        simulation.currentStep = 0
+        simulation.context.setTime(0.0)
+        simulation.context.setStepCount(0)
+
+    reporter = ZarrReporter(out, interval, featurizer=featurizer, atoms=atoms, append=args.resume,
+                            flush_interval=args.flush_interval, overwrite=args.overwrite and not args.resume,
+                            seed=args.seed)
+    simulation.reporters.append(reporter)
+    platform = simulation.context.getPlatform().getName()
+    remaining = total_steps - simulation.currentStep
+    print(f"lss simulate: {test_system.name} at {test_system.temperature._value:g} K on {platform}, "
+          f"{format_time_ps(total_steps * timestep_ps)} ({total_steps} steps), a frame every {interval} steps "
+          f"-> {out}", flush=True)
+    chunk = interval * args.flush_interval  # checkpoints coincide with committed frames
+    bar = tqdm(total=total_steps, initial=simulation.currentStep, unit="step", unit_scale=True,
+               disable=args.no_progress, dynamic_ncols=True, desc="MD")
+    start_wall, start_step = time.perf_counter(), simulation.currentStep
+    try:
+        while simulation.currentStep < total_steps:
+            n = min(chunk - simulation.currentStep % chunk, total_steps - simulation.currentStep)
+            simulation.step(n)
+            reporter.flush()
+            _save_checkpoint(simulation, checkpoint)
+            bar.update(n)
+            elapsed = time.perf_counter() - start_wall
+            ns_day = (simulation.currentStep - start_step) * timestep_ps * 1e-3 / max(elapsed, 1e-9) * 86400
+            bar.set_postfix_str(f"{ns_day:.3g} ns/day, {reporter.frames_committed} frames")
+    except KeyboardInterrupt:
+        reporter.close()
+        bar.close()
+        print(f"\ninterrupted at step {simulation.currentStep}: {reporter.frames_committed} frames are safe in "
+              f"{out}; continue with the same command plus --resume", file=sys.stderr)
+        return 130
+    finally:
+        reporter.close()
+        bar.close()
+    if remaining <= 0:
+        print("lss simulate: the run was already complete")
+    print(_format_info(reporter.open().info()))
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# lss info
+# ---------------------------------------------------------------------------
+def _format_info(info: dict) -> str:
+    span = (
+        f"{format_time_ps(info['time_start_ps'])} – {format_time_ps(info['time_end_ps'])}"
+        if info["frames"] else "empty"
+    )
+    obs = ", ".join(f"{name} ({n})" for name, n in info["observables"].items()) or "none"
+    atoms = (f"{info['saved_atoms']} of {info['n_atoms_system']} (particles/{info['particles_group']})"
+             if info["saved_atoms"] else f"none of {info['n_atoms_system']}")
+    temp = "n/a" if info["temperature_K"] is None else f"{info['temperature_K']:g} K"
+    lines = [
+        f"store          {info['path']}",
+        f"schema         {info['schema_version']}",
+        f"frames         {info['frames']}",
+        f"time span      {span}",
+        f"frame interval {format_time_ps(info['frame_interval_ps'])} "
+        f"({info['report_interval']} steps of {format_time_ps(info['timestep_ps'])})",
+        f"temperature    {temp}",
+        f"features       {info['n_features']}: {obs}",
+        f"saved atoms    {atoms}",
+        f"periodic       {'yes' if info['periodic'] else 'no'}",
+        f"created        {info['created']}",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .store import open_stores
+
+    infos = [store.info() for store in open_stores(args.stores)]
+    if args.json:
+        print(json.dumps(infos if len(infos) > 1 else infos[0], indent=2))
+    else:
+        print("\n\n".join(_format_info(i) for i in infos))
+    return 0
+
+
+_COMMANDS = {"simulate": cmd_simulate, "info": cmd_info}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``lss``; returns the exit status."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except LssError as exc:
+        print(f"lss {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"lss {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

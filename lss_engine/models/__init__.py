@@ -1,0 +1,1 @@
+"""Neural networks and their losses (VAMP scores, VAMPNet, SRV, MDN, LSTM, cWGAN)."""

@@ -1,0 +1,749 @@
+"""Trajectory stores: the zarr v3 layout, its writer and its reader.
+
+A store is one trajectory in a zarr v3 directory that follows the H5MD /
+ZarrMD conventions (documented in ``docs/store.md``)::
+
+    <store>/                      attrs: lss_engine {schema_version, kind},
+                                         frames_committed
+      h5md/                       attrs: version, author, creator
+      parameters/                 attrs: timestep_ps, report_interval,
+                                         frame_interval_ps, temperature_K,
+                                         feature_spec, topology_pdb,
+                                         particles_group, atom_indices,
+                                         n_atoms_system, provenance
+      particles/<group>/position/{value (F, A, 3) f4 nm, step (F,) i8, time (F,) f8 ps}
+      particles/<group>/box/edges/{value (F, 3, 3) f4 nm, step, time}   (periodic only)
+      observables/<feature>/{value (F, n) f4, step, time}
+
+Only the first ``frames_committed`` frames of each array are valid: the writer
+publishes that root attribute *after* the data, so a reader of a store that is
+being written (or whose writer was killed) sees complete frames only.
+
+Crash safety rests on two facts: zarr's ``LocalStore`` (zarr ≥ 3.1) writes
+every key to a temporary file and renames it into place, so a chunk or a
+metadata document is always either the old or the new version; and the writer
+keeps the partially filled chunk of each array in memory and rewrites it
+*whole* (padded with the fill value) at each flush, so zarr never has to
+read-modify-write a chunk.
+"""
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import shutil
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .errors import StoreError
+from .provenance import provenance as _provenance
+
+if TYPE_CHECKING:  # pragma: no cover
+    import mdtraj
+    import openmm.app
+
+#: Version of the layout written by this lss_engine; readers refuse newer ones.
+SCHEMA_VERSION = 1
+STORE_KIND = "trajectory"
+#: Target size of one uncompressed chunk along the frame axis.
+DEFAULT_CHUNK_BYTES = 2 * 1024**2
+_MIN_CHUNK_FRAMES = 16
+
+
+def _compressor():
+    from zarr.codecs import BloscCodec
+
+    return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+
+
+def chunk_frames_for(frame_shape: Sequence[int], itemsize: int, target_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+    """Frames per chunk so that one chunk holds about ``target_bytes``."""
+    bytes_per_frame = max(1, int(np.prod(frame_shape, dtype=np.int64)) * itemsize)
+    return max(_MIN_CHUNK_FRAMES, int(target_bytes // bytes_per_frame))
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+# --------------------------------------------------------------------------
+# writer
+# --------------------------------------------------------------------------
+class _ChunkedAppender:
+    """Appends frames to one zarr array, writing whole chunks only.
+
+    The chunk that is being filled lives in ``self.buffer``; ``flush`` writes
+    it padded with zeros, so zarr encodes a complete chunk and never reads the
+    old one back.
+    """
+
+    def __init__(self, array, n_frames: int):
+        self.array = array
+        self.chunk = int(array.chunks[0])
+        self.buffer = np.zeros((self.chunk,) + tuple(array.shape[1:]), dtype=array.dtype)
+        self.start = (n_frames // self.chunk) * self.chunk  # first frame of the buffered chunk
+        self.filled = n_frames - self.start
+        self.dirty = False
+        if self.filled:
+            self.buffer[: self.filled] = array[self.start : n_frames]
+
+    def append(self, data: np.ndarray) -> None:
+        pos = 0
+        while pos < len(data):
+            take = min(self.chunk - self.filled, len(data) - pos)
+            self.buffer[self.filled : self.filled + take] = data[pos : pos + take]
+            self.filled += take
+            pos += take
+            self.dirty = True
+            if self.filled == self.chunk:
+                self._write()
+                self.start += self.chunk
+                self.filled = 0
+                self.buffer[:] = 0
+                self.dirty = False
+
+    def _write(self) -> None:
+        end = self.start + self.chunk
+        if self.array.shape[0] < end:
+            self.array.resize((end,) + tuple(self.array.shape[1:]))
+        self.array[self.start : end] = self.buffer
+
+    def flush(self) -> None:
+        if self.dirty:
+            self._write()
+            self.dirty = False
+
+
+def _create_timeseries(group, name: str, frame_shape: tuple[int, ...], dtype, unit: str | None, chunk_bytes: int, attrs: dict | None = None):
+    """An H5MD time-dependent element: ``name/{value, step, time}``."""
+    element = group.create_group(name, attributes=attrs or {})
+    value_chunk = chunk_frames_for(frame_shape, np.dtype(dtype).itemsize, chunk_bytes)
+    element.create_array(
+        "value",
+        shape=(0,) + frame_shape,
+        chunks=(value_chunk,) + frame_shape,
+        dtype=dtype,
+        compressors=_compressor(),
+        fill_value=0,
+        attributes={"unit": unit} if unit else {},
+    )
+    for sub, sub_dtype, sub_unit in (("step", "int64", None), ("time", "float64", "ps")):
+        element.create_array(
+            sub,
+            shape=(0,),
+            chunks=(chunk_frames_for((), 8, chunk_bytes),),
+            dtype=sub_dtype,
+            compressors=_compressor(),
+            fill_value=0,
+            attributes={"unit": sub_unit} if sub_unit else {},
+        )
+    return element
+
+
+@dataclass(frozen=True)
+class FeatureBlock:
+    """One observable: a named block of feature columns."""
+
+    name: str
+    names: list[str]
+    units: list[str]
+
+
+def _feature_blocks(featurizer) -> list[FeatureBlock]:
+    if featurizer is None:
+        return []
+    children = list(getattr(featurizer, "blocks", None) or [featurizer])
+    return [FeatureBlock(c.name, list(c.names), list(c.units)) for c in children]
+
+
+class StoreWriter:
+    """Writes frames into a trajectory store; create with :meth:`create` or :meth:`open_append`.
+
+    Frames are appended with :meth:`append` and become visible to readers at
+    :meth:`commit`, which writes the buffered chunks and then publishes
+    ``frames_committed``.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        import zarr
+
+        self.path = Path(path)
+        self.root = zarr.open_group(str(self.path), mode="r+")
+        self._reader = TrajectoryStore(self.path)
+        self.frames_committed = self._reader.n_frames
+        self._pending = 0
+        self._appenders: dict[str, _ChunkedAppender] = {}
+        for key in self._reader._timeseries_keys():
+            array = self.root[key]
+            self._appenders[key] = _ChunkedAppender(array, self.frames_committed)
+
+    # -- construction ------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        *,
+        topology: "openmm.app.Topology",
+        positions_for_pdb: np.ndarray | None = None,
+        atom_indices: Sequence[int] | None = None,
+        featurizer=None,
+        timestep_ps: float,
+        report_interval: int,
+        temperature_K: float | None,
+        periodic: bool = False,
+        particles_group: str | None = None,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        overwrite: bool = False,
+        provenance: dict | None = None,
+    ) -> "StoreWriter":
+        """Create an empty store; the layout appears at ``path`` atomically.
+
+        Parameters
+        ----------
+        topology
+            OpenMM topology of the whole system.
+        positions_for_pdb
+            (n_atoms_system, 3) positions in nm for the topology's PDB record
+            (defaults to zeros).
+        atom_indices
+            Atoms whose positions are saved (``None``: all; empty: none).
+        featurizer
+            A :class:`lss_engine.features.Featurizer` (or ``None``); each of its
+            blocks becomes one observable.
+        timestep_ps, report_interval, temperature_K
+            Integrator step size, steps between frames, temperature.
+        periodic
+            Whether box vectors are saved with each frame.
+        """
+        import zarr
+
+        path = Path(path)
+        if path.exists():
+            if not overwrite:
+                raise StoreError(f"{path} already exists; append to it (append=True) or choose another path")
+            _remove_existing_store(path)
+        n_system = topology.getNumAtoms()
+        indices = np.arange(n_system) if atom_indices is None else np.asarray(atom_indices, dtype=np.int64)
+        if indices.size and (indices.min() < 0 or indices.max() >= n_system):
+            raise StoreError(f"atom indices out of range for a system of {n_system} atoms")
+        group = particles_group or ("all" if indices.size == n_system else "selection")
+        blocks = _feature_blocks(featurizer)
+        if timestep_ps <= 0 or report_interval < 1:
+            raise StoreError("time step and report interval must be positive")
+
+        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            root = zarr.open_group(
+                str(tmp),
+                mode="w",
+                zarr_format=3,
+                attributes={
+                    "lss_engine": {"schema_version": SCHEMA_VERSION, "kind": STORE_KIND},
+                    "frames_committed": 0,
+                },
+            )
+            from . import __version__
+
+            root.create_group(
+                "h5md",
+                attributes={
+                    "version": [1, 1],
+                    "author": {"name": os.environ.get("USER", "unknown")},
+                    "creator": {"name": "lss_engine", "version": __version__},
+                },
+            )
+            root.create_group(
+                "parameters",
+                attributes={
+                    "timestep_ps": float(timestep_ps),
+                    "report_interval": int(report_interval),
+                    "frame_interval_ps": float(timestep_ps) * int(report_interval),
+                    "temperature_K": None if temperature_K is None else float(temperature_K),
+                    "feature_spec": None if featurizer is None else featurizer.spec(),
+                    "topology_pdb": _subset_pdb(topology, indices, positions_for_pdb) if indices.size else None,
+                    "particles_group": group,
+                    "atom_indices": indices.tolist(),
+                    "n_atoms_system": int(n_system),
+                    "periodic": bool(periodic),
+                    "provenance": provenance or _provenance(),
+                },
+            )
+            particles = root.create_group("particles")
+            observables = root.create_group("observables")
+            if indices.size:
+                pgroup = particles.create_group(group)
+                _create_timeseries(pgroup, "position", (int(indices.size), 3), "float32", "nm", chunk_bytes)
+                box = pgroup.create_group(
+                    "box",
+                    attributes={"dimension": 3, "boundary": ["periodic" if periodic else "none"] * 3},
+                )
+                if periodic:
+                    _create_timeseries(box, "edges", (3, 3), "float32", "nm", chunk_bytes)
+            for block in blocks:
+                _create_timeseries(
+                    observables,
+                    block.name,
+                    (len(block.names),),
+                    "float32",
+                    None,
+                    chunk_bytes,
+                    attrs={"names": block.names, "units": block.units},
+                )
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return cls(path)
+
+    @classmethod
+    def open_append(
+        cls,
+        path: str | os.PathLike,
+        *,
+        atom_indices: Sequence[int] | None,
+        n_atoms_system: int,
+        featurizer,
+        timestep_ps: float,
+        report_interval: int,
+    ) -> "StoreWriter":
+        """Open an existing store to continue it; refuses anything that does not match.
+
+        Raises
+        ------
+        StoreError
+            If the saved atoms, feature spec, time step or report interval differ.
+        """
+        reader = TrajectoryStore(path)
+        indices = np.arange(n_atoms_system) if atom_indices is None else np.asarray(atom_indices)
+        if reader.n_atoms_system != n_atoms_system or len(reader.atom_indices) != len(indices):
+            raise StoreError(
+                f"cannot append to {path}: it saves {len(reader.atom_indices)} of {reader.n_atoms_system} atoms, "
+                f"this run saves {len(indices)} of {n_atoms_system}"
+            )
+        if not np.array_equal(reader.atom_indices, indices):
+            raise StoreError(f"cannot append to {path}: the saved atom selection differs")
+        spec = None if featurizer is None else featurizer.spec()
+        if _canonical(spec) != _canonical(reader.feature_spec):
+            raise StoreError(f"cannot append to {path}: the feature spec differs from the store's")
+        if not np.isclose(reader.timestep_ps, timestep_ps, rtol=1e-9, atol=0):
+            raise StoreError(
+                f"cannot append to {path}: time step {timestep_ps:g} ps differs from the store's {reader.timestep_ps:g} ps"
+            )
+        if reader.report_interval != int(report_interval):
+            raise StoreError(
+                f"cannot append to {path}: report interval {report_interval} differs from the store's {reader.report_interval}"
+            )
+        return cls(path)
+
+    # -- writing -----------------------------------------------------------
+    @property
+    def last_step(self) -> int | None:
+        """Step of the last committed frame (``None`` for an empty store)."""
+        if self.frames_committed == 0:
+            return None
+        key = self._reader._timeseries_keys()[0].rsplit("/", 1)[0] + "/step"
+        return int(self.root[key][self.frames_committed - 1])
+
+    def truncate_after_step(self, step: int) -> int:
+        """Drop committed frames with a step greater than ``step``; returns how many were dropped.
+
+        Used when a simulation restarts from a checkpoint taken at ``step``.
+        """
+        if self._pending:
+            raise StoreError("cannot truncate a store with uncommitted frames")
+        if self.frames_committed == 0:
+            return 0
+        key = self._reader._timeseries_keys()[0].rsplit("/", 1)[0] + "/step"
+        steps = self.root[key][: self.frames_committed]
+        keep = int(np.searchsorted(steps, step, side="right"))
+        dropped = self.frames_committed - keep
+        if dropped:
+            self.root.attrs["frames_committed"] = keep
+            self.frames_committed = keep
+            for key, app in self._appenders.items():
+                self._appenders[key] = _ChunkedAppender(app.array, keep)
+        return dropped
+
+    def append(
+        self,
+        steps: np.ndarray,
+        times_ps: np.ndarray,
+        *,
+        positions: np.ndarray | None = None,
+        features: dict[str, np.ndarray] | None = None,
+        box_vectors: np.ndarray | None = None,
+    ) -> None:
+        """Buffer frames; they are written and published at :meth:`commit`.
+
+        Parameters
+        ----------
+        steps, times_ps
+            (n,) step numbers and times in ps.
+        positions
+            (n, n_saved_atoms, 3) in nm (required when the store saves atoms).
+        features
+            ``{observable name: (n, n_columns)}`` for every observable.
+        box_vectors
+            (n, 3, 3) in nm (required for periodic stores).
+        """
+        steps = np.asarray(steps, dtype=np.int64).reshape(-1)
+        times = np.asarray(times_ps, dtype=np.float64).reshape(-1)
+        n = len(steps)
+        features = features or {}
+        values: dict[str, np.ndarray] = {}
+        for key in self._appenders:
+            parts = key.split("/")
+            if parts[-1] != "value":
+                continue
+            if parts[0] == "observables":
+                data = features.get(parts[1])
+                what = f"feature block {parts[1]!r}"
+            elif parts[-2] == "edges":
+                data, what = box_vectors, "box vectors"
+            else:
+                data, what = positions, "positions"
+            if data is None:
+                raise StoreError(f"{what} missing for a store that records them")
+            data = np.asarray(data)
+            if data.shape != (n,) + tuple(self._appenders[key].array.shape[1:]):
+                raise StoreError(
+                    f"{what}: shape {data.shape} does not fit the store's {(n,) + tuple(self._appenders[key].array.shape[1:])}"
+                )
+            values[key] = data
+        for key, app in self._appenders.items():
+            leaf = key.rsplit("/", 1)
+            if leaf[1] == "step":
+                app.append(steps)
+            elif leaf[1] == "time":
+                app.append(times)
+            else:
+                app.append(values[key])
+        self._pending += n
+
+    def commit(self) -> int:
+        """Write buffered chunks, then publish ``frames_committed``; returns it."""
+        if not self._pending:
+            return self.frames_committed
+        for app in self._appenders.values():
+            app.flush()
+        self.frames_committed += self._pending
+        self._pending = 0
+        self.root.attrs["frames_committed"] = self.frames_committed
+        return self.frames_committed
+
+
+def _remove_existing_store(path: Path) -> None:
+    """Remove ``path`` only if it is an lss_engine store (never an arbitrary directory)."""
+    try:
+        TrajectoryStore(path)
+    except StoreError as exc:
+        raise StoreError(f"refusing to overwrite {path}: {exc}") from None
+    shutil.rmtree(path)
+
+
+def _subset_pdb(topology: "openmm.app.Topology", indices: np.ndarray, positions: np.ndarray | None) -> str:
+    """PDB text of the atoms ``indices`` of ``topology`` (OpenMM's PDB writer)."""
+    from openmm import unit
+    from openmm.app import Modeller, PDBFile
+
+    n = topology.getNumAtoms()
+    xyz = np.zeros((n, 3)) if positions is None else np.asarray(positions, dtype=float).reshape(n, 3)
+    modeller = Modeller(topology, xyz * unit.nanometer)
+    keep = set(int(i) for i in indices)
+    if len(keep) < n:
+        modeller.delete([a for a in modeller.topology.atoms() if a.index not in keep])
+    buffer = io.StringIO()
+    PDBFile.writeFile(modeller.topology, modeller.positions, buffer, keepIds=True)
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------
+# reader
+# --------------------------------------------------------------------------
+class TrajectoryStore:
+    """Read-only, lazy view of one trajectory store.
+
+    Only the first ``n_frames`` (the published ``frames_committed``) frames are
+    visible; :meth:`refresh` re-reads it for a store that is still growing.
+
+    Raises
+    ------
+    StoreError
+        If ``path`` is not an lss_engine trajectory store, or was written by a
+        newer schema version.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        import zarr
+
+        self.path = Path(path)
+        if not (self.path / "zarr.json").is_file():
+            reason = "no such directory" if not self.path.exists() else "no zarr.json at its top"
+            raise StoreError(f"{self.path} is not an lss_engine trajectory store ({reason})")
+        try:
+            self._root = zarr.open_group(str(self.path), mode="r")
+            attrs = dict(self._root.attrs)
+        except Exception as exc:  # zarr raises several types for broken metadata
+            raise StoreError(f"{self.path} is not a readable zarr v3 group ({exc.__class__.__name__})") from None
+        meta = attrs.get("lss_engine")
+        if not isinstance(meta, dict) or meta.get("kind") != STORE_KIND:
+            raise StoreError(f"{self.path} is a zarr group but not an lss_engine trajectory store")
+        self.schema_version = int(meta.get("schema_version", -1))
+        if self.schema_version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has store schema version {self.schema_version}, newer than this lss_engine "
+                f"reads ({SCHEMA_VERSION}); upgrade lss_engine"
+            )
+        if self.schema_version < 1:
+            raise StoreError(f"{self.path} has an invalid schema version {meta.get('schema_version')!r}")
+        try:
+            self._params = dict(self._root["parameters"].attrs)
+        except KeyError:
+            raise StoreError(f"{self.path} has no parameters group; the store is incomplete") from None
+        self.n_frames = int(attrs.get("frames_committed", 0))
+        self._observables = [name for name, _ in sorted(self._root["observables"].groups())]
+        spec = self._params.get("feature_spec")
+        if spec is not None:  # keep the featurizer's block order
+            order = [b.get("name") for b in spec.get("features", [spec])]
+            self._observables.sort(key=lambda n: order.index(n) if n in order else len(order))
+
+    def refresh(self) -> int:
+        """Re-read ``frames_committed`` (for a store that another process is writing)."""
+        import zarr
+
+        self._root = zarr.open_group(str(self.path), mode="r")
+        self.n_frames = int(self._root.attrs.get("frames_committed", 0))
+        return self.n_frames
+
+    def __len__(self) -> int:
+        return self.n_frames
+
+    def __repr__(self) -> str:
+        return f"TrajectoryStore({str(self.path)!r}, frames={self.n_frames}, features={self.n_features})"
+
+    # -- metadata ----------------------------------------------------------
+    @property
+    def timestep_ps(self) -> float:
+        return float(self._params["timestep_ps"])
+
+    @property
+    def report_interval(self) -> int:
+        return int(self._params["report_interval"])
+
+    @property
+    def frame_interval_ps(self) -> float:
+        """Time between stored frames, in ps (time step × report interval)."""
+        return float(self._params["frame_interval_ps"])
+
+    @property
+    def temperature_K(self) -> float | None:
+        return self._params.get("temperature_K")
+
+    @property
+    def feature_spec(self) -> dict | None:
+        return self._params.get("feature_spec")
+
+    @property
+    def provenance(self) -> dict:
+        return dict(self._params.get("provenance") or {})
+
+    @property
+    def particles_group(self) -> str:
+        return str(self._params.get("particles_group"))
+
+    @property
+    def atom_indices(self) -> np.ndarray:
+        """Indices (into the simulated system) of the saved atoms."""
+        return np.asarray(self._params.get("atom_indices", []), dtype=np.int64)
+
+    @property
+    def n_atoms_system(self) -> int:
+        return int(self._params["n_atoms_system"])
+
+    @property
+    def periodic(self) -> bool:
+        return bool(self._params.get("periodic", False))
+
+    @property
+    def observable_names(self) -> list[str]:
+        return list(self._observables)
+
+    @property
+    def feature_names(self) -> list[str]:
+        names: list[str] = []
+        for obs in self._observables:
+            names.extend(self._root[f"observables/{obs}"].attrs["names"])
+        return names
+
+    @property
+    def feature_units(self) -> list[str]:
+        units: list[str] = []
+        for obs in self._observables:
+            units.extend(self._root[f"observables/{obs}"].attrs["units"])
+        return units
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+    @property
+    def topology_pdb(self) -> str | None:
+        return self._params.get("topology_pdb")
+
+    @property
+    def topology(self) -> "mdtraj.Topology":
+        """mdtraj topology of the saved atoms."""
+        import mdtraj
+        from openmm.app import PDBFile
+
+        if not self.topology_pdb:
+            raise StoreError(f"{self.path} saves no atoms, so it has no topology")
+        pdb = PDBFile(io.StringIO(self.topology_pdb))
+        return mdtraj.Topology.from_openmm(pdb.topology)
+
+    def featurizer(self):
+        """Rebuild the featurizer that produced this store's observables."""
+        from .features import featurizer_from_spec
+
+        if self.feature_spec is None:
+            raise StoreError(f"{self.path} records no features")
+        return featurizer_from_spec(self.feature_spec)
+
+    # -- data --------------------------------------------------------------
+    def _timeseries_keys(self) -> list[str]:
+        """Zarr keys of every time-dependent array (value, step, time)."""
+        elements = []
+        if len(self.atom_indices):
+            elements.append(f"particles/{self.particles_group}/position")
+            if self.periodic:
+                elements.append(f"particles/{self.particles_group}/box/edges")
+        elements += [f"observables/{o}" for o in self._observables]
+        return [f"{e}/{leaf}" for e in elements for leaf in ("value", "step", "time")]
+
+    def _slice(self, start: int, stop: int | None, stride: int) -> slice:
+        start, stop, stride = slice(start, stop, stride).indices(self.n_frames)
+        return slice(start, stop, stride)
+
+    def _element(self) -> str:
+        return self._timeseries_keys()[0].rsplit("/", 1)[0] if self._timeseries_keys() else ""
+
+    def steps(self, start: int = 0, stop: int | None = None, stride: int = 1) -> np.ndarray:
+        """(n,) int64 step numbers."""
+        if not self._element():
+            return np.zeros(0, dtype=np.int64)
+        return np.asarray(self._root[f"{self._element()}/step"][self._slice(start, stop, stride)])
+
+    def times(self, start: int = 0, stop: int | None = None, stride: int = 1) -> np.ndarray:
+        """(n,) float64 times in ps."""
+        if not self._element():
+            return np.zeros(0)
+        return np.asarray(self._root[f"{self._element()}/time"][self._slice(start, stop, stride)])
+
+    def observable(self, name: str, start: int = 0, stop: int | None = None, stride: int = 1) -> np.ndarray:
+        """(n, n_columns) values of one observable."""
+        if name not in self._observables:
+            raise StoreError(f"{self.path} has no observable {name!r} (it has {', '.join(self._observables) or 'none'})")
+        return np.asarray(self._root[f"observables/{name}/value"][self._slice(start, stop, stride)])
+
+    def features(self, start: int = 0, stop: int | None = None, stride: int = 1) -> np.ndarray:
+        """(n, n_features) float32: every observable, concatenated in spec order."""
+        if not self._observables:
+            raise StoreError(f"{self.path} records no features")
+        return np.concatenate([self.observable(o, start, stop, stride) for o in self._observables], axis=1)
+
+    def positions(self, start: int = 0, stop: int | None = None, stride: int = 1) -> np.ndarray:
+        """(n, n_saved_atoms, 3) float32 positions in nm."""
+        if not len(self.atom_indices):
+            raise StoreError(f"{self.path} saves no positions")
+        key = f"particles/{self.particles_group}/position/value"
+        return np.asarray(self._root[key][self._slice(start, stop, stride)])
+
+    def box_vectors(self, start: int = 0, stop: int | None = None, stride: int = 1) -> np.ndarray | None:
+        """(n, 3, 3) box vectors in nm, or ``None`` for a non-periodic store."""
+        if not self.periodic or not len(self.atom_indices):
+            return None
+        key = f"particles/{self.particles_group}/box/edges/value"
+        return np.asarray(self._root[key][self._slice(start, stop, stride)])
+
+    def iter_chunks(self, chunk_frames: int = 10000) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start, features[start:start+chunk_frames])`` over the whole trajectory."""
+        for start in range(0, self.n_frames, chunk_frames):
+            yield start, self.features(start, min(start + chunk_frames, self.n_frames))
+
+    def to_mdtraj(self, start: int = 0, stop: int | None = None, stride: int = 1) -> "mdtraj.Trajectory":
+        """The saved atoms as an ``mdtraj.Trajectory`` (time in ps)."""
+        import mdtraj
+
+        traj = mdtraj.Trajectory(self.positions(start, stop, stride), self.topology, time=self.times(start, stop, stride))
+        box = self.box_vectors(start, stop, stride)
+        if box is not None:
+            traj.unitcell_vectors = box
+        return traj
+
+    def info(self) -> dict[str, Any]:
+        """Summary used by ``lss info``."""
+        times = self.times(0, None, 1) if self.n_frames else np.zeros(0)
+        return {
+            "path": str(self.path),
+            "schema_version": self.schema_version,
+            "frames": self.n_frames,
+            "time_start_ps": float(times[0]) if len(times) else None,
+            "time_end_ps": float(times[-1]) if len(times) else None,
+            "frame_interval_ps": self.frame_interval_ps,
+            "timestep_ps": self.timestep_ps,
+            "report_interval": self.report_interval,
+            "temperature_K": self.temperature_K,
+            "observables": {o: len(self._root[f"observables/{o}"].attrs["names"]) for o in self._observables},
+            "n_features": self.n_features,
+            "saved_atoms": int(len(self.atom_indices)),
+            "n_atoms_system": self.n_atoms_system,
+            "particles_group": self.particles_group if len(self.atom_indices) else None,
+            "periodic": self.periodic,
+            "created": self.provenance.get("created"),
+        }
+
+
+def open_store(path: str | os.PathLike) -> TrajectoryStore:
+    """Open one trajectory store for reading."""
+    return TrajectoryStore(path)
+
+
+def open_stores(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[TrajectoryStore]:
+    """Open one or many stores (paths, or glob patterns) for per-trajectory reading.
+
+    Raises
+    ------
+    StoreError
+        If a path is not a store, a pattern matches nothing, or no path is given.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    stores: list[TrajectoryStore] = []
+    for item in paths:
+        text = os.fspath(item)
+        if any(ch in text for ch in "*?[") and not Path(text).exists():
+            matches = sorted(glob.glob(text))
+            if not matches:
+                raise StoreError(f"no store matches {text!r}")
+            stores.extend(TrajectoryStore(m) for m in matches)
+        else:
+            stores.append(TrajectoryStore(text))
+    if not stores:
+        raise StoreError("no store given")
+    return stores
+
+
+def warn_gap(path: Path, last_step: int, next_step: int, report_interval: int) -> None:
+    """Warn that an appended run leaves a gap in the stored time series."""
+    warnings.warn(
+        f"{path}: last stored frame is at step {last_step} but the simulation resumes at step {next_step}; "
+        f"frames between are missing (time-lagged pairs across the gap are not physical)",
+        stacklevel=3,
+    )
