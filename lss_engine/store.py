@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover
 SCHEMA_VERSION = 1
 STORE_KIND = "trajectory"
 #: Target size of one uncompressed chunk along the frame axis.
-DEFAULT_CHUNK_BYTES = 2 * 1024**2
+DEFAULT_CHUNK_BYTES = 1024**2
 _MIN_CHUNK_FRAMES = 16
 
 
@@ -65,7 +65,7 @@ def _compressor():
 def chunk_frames_for(frame_shape: Sequence[int], itemsize: int, target_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
     """Frames per chunk so that one chunk holds about ``target_bytes``."""
     bytes_per_frame = max(1, int(np.prod(frame_shape, dtype=np.int64)) * itemsize)
-    return max(_MIN_CHUNK_FRAMES, int(target_bytes // bytes_per_frame))
+    return max(_MIN_CHUNK_FRAMES, -(-int(target_bytes) // bytes_per_frame))
 
 
 def _canonical(obj: Any) -> str:
@@ -78,9 +78,9 @@ def _canonical(obj: Any) -> str:
 class _ChunkedAppender:
     """Appends frames to one zarr array, writing whole chunks only.
 
-    The chunk that is being filled lives in ``self.buffer``; ``flush`` writes
-    it padded with zeros, so zarr encodes a complete chunk and never reads the
-    old one back.
+    The chunk that is being filled lives in ``self.buffer``; :meth:`take_writes`
+    hands out every completed chunk plus the current one padded with zeros, so
+    zarr encodes complete chunks and never reads an old one back.
     """
 
     def __init__(self, array, n_frames: int):
@@ -90,6 +90,7 @@ class _ChunkedAppender:
         self.start = (n_frames // self.chunk) * self.chunk  # first frame of the buffered chunk
         self.filled = n_frames - self.start
         self.dirty = False
+        self._completed: list[tuple[int, np.ndarray]] = []
         if self.filled:
             self.buffer[: self.filled] = array[self.start : n_frames]
 
@@ -102,22 +103,46 @@ class _ChunkedAppender:
             pos += take
             self.dirty = True
             if self.filled == self.chunk:
-                self._write()
+                self._completed.append((self.start, self.buffer))
+                self.buffer = np.zeros_like(self.buffer)
                 self.start += self.chunk
                 self.filled = 0
-                self.buffer[:] = 0
                 self.dirty = False
 
-    def _write(self) -> None:
-        end = self.start + self.chunk
-        if self.array.shape[0] < end:
-            self.array.resize((end,) + tuple(self.array.shape[1:]))
-        self.array[self.start : end] = self.buffer
-
-    def flush(self) -> None:
-        if self.dirty:
-            self._write()
+    def take_writes(self) -> list[tuple[int, np.ndarray]]:
+        """``(first frame, whole-chunk data)`` pairs still to be written."""
+        writes, self._completed = self._completed, []
+        if self.dirty:  # written before the next append, so no copy is needed
+            writes.append((self.start, self.buffer))
             self.dirty = False
+        return writes
+
+
+def _write_chunks(jobs: list[tuple[Any, int, np.ndarray]]) -> None:
+    """Write ``(array, first frame, chunk data)`` jobs in one pass of zarr's event loop.
+
+    Arrays are grown first (metadata), then all chunks are encoded and stored
+    concurrently: one round trip instead of one per array.
+    """
+    import asyncio
+
+    from zarr.core.sync import sync
+
+    grow: dict[int, tuple[Any, int]] = {}
+    for array, start, data in jobs:
+        need = start + len(data)
+        if need > max(array.shape[0], grow.get(id(array), (array, 0))[1]):
+            grow[id(array)] = (array, need)
+
+    async def run() -> None:
+        await asyncio.gather(
+            *(a.async_array.resize((n,) + tuple(a.shape[1:])) for a, n in grow.values())
+        )
+        await asyncio.gather(
+            *(a.async_array.setitem(slice(start, start + len(data)), data) for a, start, data in jobs)
+        )
+
+    sync(run())
 
 
 def _create_timeseries(group, name: str, frame_shape: tuple[int, ...], dtype, unit: str | None, chunk_bytes: int, attrs: dict | None = None):
@@ -431,8 +456,7 @@ class StoreWriter:
         """Write buffered chunks, then publish ``frames_committed``; returns it."""
         if not self._pending:
             return self.frames_committed
-        for app in self._appenders.values():
-            app.flush()
+        _write_chunks([(app.array, start, data) for app in self._appenders.values() for start, data in app.take_writes()])
         self.frames_committed += self._pending
         self._pending = 0
         self.root.attrs["frames_committed"] = self.frames_committed

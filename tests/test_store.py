@@ -106,7 +106,7 @@ def test_layout_readable_with_plain_zarr(tmp_path):
 
 
 def test_chunks_target_megabytes():
-    # 22 atoms x 3 float32 = 264 B/frame -> thousands of frames per 2 MiB chunk
+    # 22 atoms x 3 float32 = 264 B/frame -> thousands of frames per 1 MiB chunk
     frames = chunk_frames_for((22, 3), 4)
     assert 1 * 1024**2 <= frames * 22 * 3 * 4 <= 16 * 1024**2
 
