@@ -202,7 +202,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         bar.close()
     if remaining <= 0:
         print("lss simulate: the run was already complete")
-    print(_format_info(reporter.open().info()))
+    store = reporter.open()
+    print(f"lss simulate: {store.n_frames} frames, {store.n_features} features in {out} (details: lss info {out})")
     return 0
 
 

@@ -271,13 +271,7 @@ def alanine_dipeptide_pdb_path() -> pathlib.Path:
 def _kelvin(value: Any) -> float:
     if hasattr(value, "value_in_unit"):
         value = value.value_in_unit(unit.kelvin)
-    try:
-        t = float(value)
-    except (TypeError, ValueError) as exc:
-        raise LssError(f"temperature {value!r} is not a number of kelvin") from exc
-    if not (math.isfinite(t) and t > 0):
-        raise LssError(f"temperature must be positive, got {value!r}")
-    return t
+    return _positive("temperature (K)", value)
 
 
 def _positive(name: str, value: Any) -> float:

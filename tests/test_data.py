@@ -308,33 +308,19 @@ def test_label_sequences_and_sequence_splits():
 # --------------------------------------------------------------------------- real store
 
 
-def test_dataset_from_a_real_store(tmp_path):
-    pytest.importorskip("openmm")
-    from openmm.app import Element, Topology
+def test_dataset_from_real_stores(ala2_store):
+    """Pairs from a store written by ZarrReporter during real MD (session fixture)."""
+    from lss_engine.store import open_stores
 
-    from lss_engine.store import StoreWriter, TrajectoryStore
-
-    class Block:  # the parts of a featurizer the writer reads
-        name, names, units = "toy", ["a", "b"], ["nm", "nm"]
-
-        def spec(self):
-            return {"name": self.name}
-
-    top = Topology()
-    residue = top.addResidue("TOY", top.addChain())
-    top.addAtom("C", Element.getBySymbol("C"), residue)
-    values = []
-    for k, n in enumerate((60, 45)):
-        writer = StoreWriter.create(tmp_path / f"s{k}.zarr", topology=top, atom_indices=[], featurizer=Block(),
-                                    timestep_ps=0.002, report_interval=500, temperature_K=300.0)
-        steps = np.arange(1, n + 1) * 500
-        feats = np.stack([np.arange(n), np.full(n, k)], axis=1).astype(np.float32)
-        writer.append(steps, steps * 0.002, features={"toy": feats})
-        writer.commit()
-        values.append(feats)
-    stores = [TrajectoryStore(tmp_path / f"s{k}.zarr") for k in range(2)]
-    data = TimeLaggedDataset(stores, "3ps")  # 1 ps between frames
-    assert data.lag == 3 and data.feature_names == ["a", "b"] and data.offsets == (0, 60, 105)
-    np.testing.assert_array_equal(data.frames.numpy(), np.concatenate(values))
+    stores = open_stores([ala2_store, ala2_store])  # two trajectories
+    n = stores[0].n_frames
+    data = TimeLaggedDataset(stores, "1ps")  # frames are 0.1 ps apart
+    assert data.lag == 10 and data.offsets == (0, n, 2 * n)
+    assert data.feature_names == stores[0].feature_names
+    features = stores[0].features()
+    np.testing.assert_array_equal(data.frames.numpy(), np.concatenate([features, features]))
     x0, xt = data[torch.arange(len(data))]
-    assert torch.equal(x0[:, 1], xt[:, 1]) and torch.equal(xt[:, 0] - x0[:, 0], torch.full((len(data),), 3.0))
+    assert len(data) == 2 * (n - 10)
+    expected = torch.from_numpy(np.concatenate([features[10:], features[10:]]))
+    assert torch.equal(xt, expected)
+    assert torch.equal(x0, torch.from_numpy(np.concatenate([features[:-10], features[:-10]])))
