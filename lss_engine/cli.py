@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -78,6 +79,38 @@ def _build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--resume", action="store_true",
                      help="continue an interrupted run from its checkpoint (STORE.state.xml) up to --ns")
     sim.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    tr = sub.add_parser(
+        "train", help="train models on stores (stage: encoder)",
+        description="Train an encoder (SRV or VAMPNet) on trajectory stores and write a model directory with "
+                    "model.json, weights (safetensors), metrics.json and PNG figures (implied timescales, "
+                    "CK test, FES). Run again with the same arguments to resume an interrupted training.")
+    tr.add_argument("stores", nargs="+", metavar="STORE", help="trajectory stores (paths or glob patterns)")
+    tr.add_argument("--stages", default="encoder", help="stages to train; this version has: encoder")
+    tr.add_argument("--encoder", choices=["srv", "vampnet"], default="srv", help="encoder type (default: %(default)s)")
+    tr.add_argument("--lag", default="10ps", help="lag time, e.g. 10ps, or frames as '25frames' (default: %(default)s)")
+    tr.add_argument("--dim", default="2", help="SRV latent dimension ('auto': largest timescale gap) or VAMPNet "
+                                               "number of states (default: %(default)s)")
+    tr.add_argument("--hidden", default=None, help="hidden layer widths, e.g. 100,100 (default: SRV 100,100; "
+                                                   "VAMPNet 64,32,16)")
+    tr.add_argument("--epochs", type=int, default=100, help="maximum epochs per restart (default: %(default)s)")
+    tr.add_argument("--pretrain-epochs", type=int, default=0, help="VAMPNet: VAMP-1 epochs before VAMP-2")
+    tr.add_argument("--batch-size", type=int, default=1000, help="pairs per batch (default: %(default)s)")
+    tr.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate (default: %(default)s)")
+    tr.add_argument("--restarts", type=int, default=3, help="independent restarts; the best is kept (default: %(default)s)")
+    tr.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (default: %(default)s)")
+    tr.add_argument("--val-fraction", type=float, default=0.2, help="validation share (default: %(default)s)")
+    tr.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    tr.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda")
+    tr.add_argument("--out", required=True, metavar="MODEL_DIR", help="output model directory")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    an = sub.add_parser("analyze", help="redraw a model's kinetic analysis on any stores",
+                        description="Implied timescales, CK test and FES of a trained encoder on the given stores.")
+    an.add_argument("model", metavar="MODEL_DIR")
+    an.add_argument("stores", nargs="+", metavar="STORE")
+    an.add_argument("--out", default=None, metavar="DIR", help="where figures and metrics.json go "
+                                                             "(default: MODEL_DIR/analysis)")
 
     info = sub.add_parser("info", help="summarise one or more stores",
                           description="Print frames, time span, features, saved atoms and schema version of stores.")
@@ -246,7 +279,49 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"simulate": cmd_simulate, "info": cmd_info}
+def _positive_int(text: str, option: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise LssError(f"{option} must be an integer, got {text!r}") from None
+    if value < 1:
+        raise LssError(f"{option} must be positive, got {value}")
+    return value
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .pipeline import EncoderSettings, train_encoder
+
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = sorted(set(stages) - {"encoder"})
+    if unknown:
+        raise LssError(f"unknown stage(s) {', '.join(unknown)}; this version trains: encoder")
+    dim = None if args.dim == "auto" else _positive_int(args.dim, "--dim")
+    hidden = None if args.hidden is None else [_positive_int(h, "--hidden") for h in args.hidden.split(",")]
+    settings = EncoderSettings(kind=args.encoder, lag=args.lag, dim=dim, hidden=hidden, epochs=args.epochs,
+                               pretrain_epochs=args.pretrain_epochs, batch_size=args.batch_size, lr=args.lr,
+                               restarts=args.restarts, patience=args.patience, seed=args.seed,
+                               val_fraction=args.val_fraction, device=args.device, progress=not args.no_progress)
+    encoder = train_encoder(args.stores, settings, args.out)
+    timescales = encoder.extra.get("implied_timescales_ps") or []
+    shown = ", ".join(format_time_ps(t) for t in timescales[:3] if t is not None and math.isfinite(t))
+    print(f"lss train: {encoder.kind} at lag {format_time_ps(encoder.lag_ps)}, validation score "
+          f"{encoder.extra['validation_score']:.4f}, slowest implied timescales {shown} -> {args.out} "
+          f"(figures and metrics.json there)")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .pipeline import analyze_encoder, load_encoder
+
+    out = Path(args.out) if args.out else Path(args.model) / "analysis"
+    metrics = analyze_encoder(load_encoder(args.model), args.stores, out)
+    print(f"lss analyze: {metrics['frames']} frames; CK max deviation {metrics['ck_test']['max_deviation']:.3f}; "
+          f"figures {', '.join(metrics['figures'])} in {out}")
+    return 0
+
+
+_COMMANDS = {"simulate": cmd_simulate, "train": cmd_train, "analyze": cmd_analyze, "info": cmd_info}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
