@@ -214,11 +214,13 @@ def analyze_encoder(encoder: Encoder, stores: Sequence[Any], out: str | os.PathL
                                               sets=sets, n_states=settings.n_microstates, dt=dt)
         set_names = [f"set {i}" for i in range(len(sets))]
     coord = np.concatenate(slow)
+    names = [f"ψ{i + 1}" if encoder.kind == "srv" else f"φ{i + 1}" for i in range(coord.shape[1])]
     fes1 = kinetics.free_energy_1d(coord[:, 0], bins=settings.fes_bins)
     figures = {
         "implied_timescales": plots.plot_implied_timescales(its, title=f"{encoder.kind}: implied timescales"),
         "ck_test": plots.plot_ck_test(ck, set_names=set_names),
-        "fes": plots.plot_free_energy([fes1], labels=["data"]),
+        "fes": plots.plot_free_energy([fes1], labels=["data"], xlabel=names[0],
+                                      title=f"free energy along {names[0]}"),
     }
     metrics: dict[str, Any] = {
         "encoder": encoder.kind,
@@ -234,7 +236,8 @@ def analyze_encoder(encoder: Encoder, stores: Sequence[Any], out: str | os.PathL
     }
     if coord.shape[1] >= 2:
         fes2 = kinetics.free_energy_2d(coord[:, 0], coord[:, 1], bins=settings.fes_bins)
-        figures["fes_2d"] = plots.plot_free_energy([fes2], labels=["data"])
+        figures["fes_2d"] = plots.plot_free_energy([fes2], labels=["data"], xlabel=names[0], ylabel=names[1],
+                                                   title=f"free energy over ({names[0]}, {names[1]})")
     for name, fig in figures.items():
         plots.save_figure(fig, out / f"{name}.png")
     metrics["figures"] = sorted(f"{name}.png" for name in figures)
