@@ -214,7 +214,7 @@ class StoreWriter:
         cls,
         path: str | os.PathLike,
         *,
-        topology: "openmm.app.Topology",
+        topology: "openmm.app.Topology | None" = None,
         positions_for_pdb: np.ndarray | None = None,
         atom_indices: Sequence[int] | None = None,
         featurizer=None,
@@ -226,6 +226,7 @@ class StoreWriter:
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         overwrite: bool = False,
         provenance: dict | None = None,
+        observables: Sequence[FeatureBlock] = (),
     ) -> "StoreWriter":
         """Create an empty store; the layout appears at ``path`` atomically.
 
@@ -245,6 +246,10 @@ class StoreWriter:
             Integrator step size, steps between frames, temperature.
         periodic
             Whether box vectors are saved with each frame.
+        observables
+            Further observables not produced by a featurizer (e.g. the latent
+            coordinates of a synthetic trajectory); with no topology, a store
+            holds observables only.
         """
         import zarr
 
@@ -253,12 +258,14 @@ class StoreWriter:
             if not overwrite:
                 raise StoreError(f"{path} already exists; append to it (append=True) or choose another path")
             _remove_existing_store(path)
-        n_system = topology.getNumAtoms()
+        n_system = 0 if topology is None else topology.getNumAtoms()
         indices = np.arange(n_system) if atom_indices is None else np.asarray(atom_indices, dtype=np.int64)
         if indices.size and (indices.min() < 0 or indices.max() >= n_system):
             raise StoreError(f"atom indices out of range for a system of {n_system} atoms")
         group = particles_group or ("all" if indices.size == n_system else "selection")
-        blocks = _feature_blocks(featurizer)
+        blocks = _feature_blocks(featurizer) + list(observables)
+        if len({b.name for b in blocks}) != len(blocks):
+            raise StoreError("observable names must be unique")
         if timestep_ps <= 0 or report_interval < 1:
             raise StoreError("time step and report interval must be positive")
 
@@ -740,7 +747,7 @@ def open_store(path: str | os.PathLike) -> TrajectoryStore:
 
 
 def open_stores(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[TrajectoryStore]:
-    """Open one or many stores (paths, or glob patterns) for per-trajectory reading.
+    """Open one or many stores (paths, glob patterns, or directories of ``*.zarr`` stores).
 
     Raises
     ------
@@ -757,6 +764,9 @@ def open_stores(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[
             if not matches:
                 raise StoreError(f"no store matches {text!r}")
             stores.extend(TrajectoryStore(m) for m in matches)
+        elif Path(text).is_dir() and not (Path(text) / "zarr.json").exists() and sorted(Path(text).glob("*.zarr")):
+            # a directory of stores, e.g. one per walker of a synthetic run
+            stores.extend(TrajectoryStore(m) for m in sorted(Path(text).glob("*.zarr")))
         else:
             stores.append(TrajectoryStore(text))
     if not stores:

@@ -174,3 +174,18 @@ def test_open_stores_many_and_glob(tmp_path):
     assert [s.n_frames for s in stores] == [10, 11, 12]
     with pytest.raises(StoreError, match="no store matches"):
         open_stores(str(tmp_path / "nothing*.zarr"))
+
+
+def test_observable_only_store_and_directory_of_stores(tmp_path):
+    from lss_engine.store import FeatureBlock
+
+    for walker in range(3):
+        writer = StoreWriter.create(tmp_path / "synth" / f"walker_{walker:03d}.zarr", timestep_ps=10.0,
+                                    report_interval=1, temperature_K=None,
+                                    observables=[FeatureBlock("latent", ["psi1", "psi2"], ["1", "1"])])
+        writer.append(np.arange(1, 8), np.arange(1, 8) * 10.0, features={"latent": np.full((7, 2), walker)})
+        writer.commit()
+    stores = open_stores(tmp_path / "synth")
+    assert [s.path.name for s in stores] == ["walker_000.zarr", "walker_001.zarr", "walker_002.zarr"]
+    assert stores[2].feature_names == ["psi1", "psi2"] and stores[2].features()[0, 0] == 2
+    assert stores[0].frame_interval_ps == 10.0 and len(stores[0].atom_indices) == 0
