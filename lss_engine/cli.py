@@ -226,6 +226,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             bar.set_postfix_str(f"{ns_day:.3g} ns/day, {reporter.frames_committed} frames")
     except KeyboardInterrupt:
         reporter.close()
+        _save_checkpoint(simulation, checkpoint)  # the state matches the last committed frame's step or later
         bar.close()
         print(f"\ninterrupted at step {simulation.currentStep}: {reporter.frames_committed} frames are safe in "
               f"{out}; continue with the same command plus --resume", file=sys.stderr)

@@ -90,3 +90,32 @@ def test_every_system_is_selectable(tmp_path):
         assert main(["simulate", "--system", name, "--steps", "40", "--report-interval", "10steps",
                      "--out", str(out), "--no-progress", "--equilibrate", "0ps"]) == 0, name
         assert TrajectoryStore(out).n_frames == 4
+
+
+def test_ctrl_c_then_resume(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "int.zarr"
+    argv = LSS + ["simulate", "--system", "alanine-dipeptide", "--report-interval", "1ps", "--out", str(out),
+                  "--seed", "4", "--no-progress", "--flush-interval", "20"]
+    child = subprocess.Popen(argv + ["--ns", "50"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            if TrajectoryStore(out).n_frames >= 60:
+                break
+        except Exception:  # not created yet
+            pass
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 130 and "--resume" in err
+    done = TrajectoryStore(out).n_frames
+    assert done >= 60
+    total_ps = done + 30
+    result = subprocess.run(argv + ["--ns", str(total_ps / 1000), "--resume"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    store = TrajectoryStore(out)
+    np.testing.assert_array_equal(store.steps(), np.arange(1, total_ps + 1) * 500)
