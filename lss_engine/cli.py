@@ -86,7 +86,8 @@ def _build_parser() -> argparse.ArgumentParser:
                     "model.json, weights (safetensors), metrics.json and PNG figures (implied timescales, "
                     "CK test, FES). Run again with the same arguments to resume an interrupted training.")
     tr.add_argument("stores", nargs="+", metavar="STORE", help="trajectory stores (paths or glob patterns)")
-    tr.add_argument("--stages", default="encoder", help="stages to train; this version has: encoder")
+    tr.add_argument("--stages", default="encoder", help="comma-separated stages: encoder, propagator "
+                                                       "(propagator alone adds one to an existing --out model)")
     tr.add_argument("--encoder", choices=["srv", "vampnet"], default="srv", help="encoder type (default: %(default)s)")
     tr.add_argument("--lag", default="10ps", help="lag time, e.g. 10ps, or frames as '25frames' (default: %(default)s)")
     tr.add_argument("--dim", default="2", help="SRV latent dimension ('auto': largest timescale gap) or VAMPNet "
@@ -102,8 +103,25 @@ def _build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--val-fraction", type=float, default=0.2, help="validation share (default: %(default)s)")
     tr.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     tr.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda")
+    tr.add_argument("--propagator", choices=["mdn", "lstm"], default="mdn",
+                    help="latent propagator: mdn (mixture density network on the SRV latent space) or lstm "
+                         "(language model on the binned first slow coordinate) (default: %(default)s)")
+    tr.add_argument("--propagator-lag", default=None, help="propagator time step (default: the encoder's lag)")
+    tr.add_argument("--components", type=int, default=8, help="MDN mixture components (default: %(default)s)")
+    tr.add_argument("--labels", type=int, default=32, help="LSTM: number of bins/labels (default: %(default)s)")
+    tr.add_argument("--propagator-epochs", type=int, default=100, help="propagator epochs (default: %(default)s)")
     tr.add_argument("--out", required=True, metavar="MODEL_DIR", help="output model directory")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    sl = sub.add_parser("sample-latent", help="generate synthetic latent trajectories with a model's propagator",
+                        description="Run the propagator of a trained model: one observables-only store per "
+                                    "walker (OUT/walker_000.zarr, ...), streamed in chunks.")
+    sl.add_argument("model", metavar="MODEL_DIR")
+    sl.add_argument("--steps", type=int, required=True, help="propagator steps (each one lag time) per walker")
+    sl.add_argument("--walkers", type=int, default=1, help="independent walkers (default: %(default)s)")
+    sl.add_argument("--out", required=True, metavar="DIR", help="output directory of walker stores")
+    sl.add_argument("--seed", type=int, default=None, help="random seed")
+    sl.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     an = sub.add_parser("analyze", help="redraw a model's kinetic analysis on any stores",
                         description="Implied timescales, CK test and FES of a trained encoder on the given stores.")
@@ -291,24 +309,45 @@ def _positive_int(text: str, option: str) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .pipeline import EncoderSettings, train_encoder
+    from .pipeline import EncoderSettings, PropagatorSettings, train_encoder, train_propagator
 
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    unknown = sorted(set(stages) - {"encoder"})
-    if unknown:
-        raise LssError(f"unknown stage(s) {', '.join(unknown)}; this version trains: encoder")
-    dim = None if args.dim == "auto" else _positive_int(args.dim, "--dim")
-    hidden = None if args.hidden is None else [_positive_int(h, "--hidden") for h in args.hidden.split(",")]
-    settings = EncoderSettings(kind=args.encoder, lag=args.lag, dim=dim, hidden=hidden, epochs=args.epochs,
-                               pretrain_epochs=args.pretrain_epochs, batch_size=args.batch_size, lr=args.lr,
-                               restarts=args.restarts, patience=args.patience, seed=args.seed,
-                               val_fraction=args.val_fraction, device=args.device, progress=not args.no_progress)
-    encoder = train_encoder(args.stores, settings, args.out)
-    timescales = encoder.extra.get("implied_timescales_ps") or []
-    shown = ", ".join(format_time_ps(t) for t in timescales[:3] if t is not None and math.isfinite(t))
-    print(f"lss train: {encoder.kind} at lag {format_time_ps(encoder.lag_ps)}, validation score "
-          f"{encoder.extra['validation_score']:.4f}, slowest implied timescales {shown} -> {args.out} "
-          f"(figures and metrics.json there)")
+    unknown = sorted(set(stages) - {"encoder", "propagator"})
+    if unknown or not stages:
+        raise LssError(f"unknown stage(s) {', '.join(unknown) or '(none)'}; this version trains: encoder, propagator")
+    if "encoder" in stages:
+        dim = None if args.dim == "auto" else _positive_int(args.dim, "--dim")
+        hidden = None if args.hidden is None else [_positive_int(h, "--hidden") for h in args.hidden.split(",")]
+        settings = EncoderSettings(kind=args.encoder, lag=args.lag, dim=dim, hidden=hidden, epochs=args.epochs,
+                                   pretrain_epochs=args.pretrain_epochs, batch_size=args.batch_size, lr=args.lr,
+                                   restarts=args.restarts, patience=args.patience, seed=args.seed,
+                                   val_fraction=args.val_fraction, device=args.device,
+                                   progress=not args.no_progress)
+        encoder = train_encoder(args.stores, settings, args.out)
+        timescales = encoder.extra.get("implied_timescales_ps") or []
+        shown = ", ".join(format_time_ps(t) for t in timescales[:3] if t is not None and math.isfinite(t))
+        print(f"lss train: {encoder.kind} at lag {format_time_ps(encoder.lag_ps)}, validation score "
+              f"{encoder.extra['validation_score']:.4f}, slowest implied timescales {shown} -> {args.out} "
+              f"(figures and metrics.json there)")
+    if "propagator" in stages:
+        settings = PropagatorSettings(kind=args.propagator, lag=args.propagator_lag, n_components=args.components,
+                                      n_labels=args.labels, epochs=args.propagator_epochs, seed=args.seed,
+                                      val_fraction=args.val_fraction, device=args.device,
+                                      progress=not args.no_progress)
+        meta = train_propagator(args.out, args.stores, settings)
+        print(f"lss train: {meta['kind']} propagator at lag {format_time_ps(meta['lag_ps'])}, validation score "
+              f"{meta['validation_score']:.4f} -> {args.out}")
+    return 0
+
+
+def cmd_sample_latent(args: argparse.Namespace) -> int:
+    from .pipeline import sample_latent
+
+    if args.steps < 1 or args.walkers < 1:
+        raise LssError("--steps and --walkers must be positive")
+    paths = sample_latent(args.model, args.steps, args.walkers, args.out, seed=args.seed,
+                          progress=not args.no_progress)
+    print(f"lss sample-latent: {len(paths)} walker store(s) of {args.steps} steps in {args.out}")
     return 0
 
 
@@ -322,7 +361,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"simulate": cmd_simulate, "train": cmd_train, "analyze": cmd_analyze, "info": cmd_info}
+_COMMANDS = {"simulate": cmd_simulate, "train": cmd_train, "analyze": cmd_analyze,
+             "sample-latent": cmd_sample_latent, "info": cmd_info}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

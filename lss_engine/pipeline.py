@@ -243,3 +243,159 @@ def analyze_encoder(encoder: Encoder, stores: Sequence[Any], out: str | os.PathL
     metrics["figures"] = sorted(f"{name}.png" for name in figures)
     write_json_atomic(out / "metrics.json", metrics)
     return metrics
+
+
+# ---------------------------------------------------------------------------
+# propagator stage
+# ---------------------------------------------------------------------------
+@dataclass
+class PropagatorSettings:
+    """Choices of :func:`train_propagator`.
+
+    MDN (the LSS paper): a mixture of ``n_components`` Gaussians for
+    p(ψ(t+τ) | ψ(t)) in the SRV latent space, τ = ``lag`` (default: the
+    encoder's lag). LSTM (Tsai, Kuo & Tiwary): the first slow coordinate cut
+    into ``n_labels`` equal-width bins, sequences of ``sequence_length`` tokens
+    spaced by ``lag``.
+    """
+
+    kind: str = "mdn"  # "mdn" | "lstm"
+    lag: Any = None
+    n_components: int = 8
+    hidden: Sequence[int] | None = None  # MDN default (100, 100)
+    n_labels: int = 32
+    embedding_dim: int = 8
+    lstm_units: int = 64
+    sequence_length: int = 100
+    epochs: int = 100
+    batch_size: int | None = None  # MDN 1000 pairs; LSTM 64 sequences
+    lr: float = 1e-3
+    restarts: int = 1
+    patience: int | None = 10
+    seed: int = 0
+    val_fraction: float = 0.2
+    device: str = "auto"
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.kind not in ("mdn", "lstm"):
+            raise LssError(f"propagator must be 'mdn' or 'lstm', got {self.kind!r}")
+
+
+def _latent_trajectories(encoder: Encoder, stores: Sequence[Any]) -> list[np.ndarray]:
+    return [encoder.slow_coordinates(f).astype(np.float32) for f in features_of(stores)]
+
+
+def train_propagator(model_dir: str | os.PathLike, stores: Sequence[Any], settings: PropagatorSettings) -> dict:
+    """Train a latent propagator on the encoder of ``model_dir`` and add it to the bundle.
+
+    Returns the stage metadata written to ``model.json``.
+    """
+    from .data import SequenceDataset, TimeLaggedDataset
+    from .models import LSTMLanguageModel, MDNPropagator
+    from .train import TrainConfig, fit, save_history
+    from .units import lag_to_frames
+
+    settings.validate()
+    model_dir = Path(model_dir)
+    bundle = ModelBundle.load(model_dir)
+    encoder = Encoder.from_bundle(bundle)
+    stores = _open(stores)
+    for store in stores:
+        encoder.matches(store)
+    dt = encoder.frame_interval_ps
+    lag = encoder.lag_frames if settings.lag is None else lag_to_frames(settings.lag, dt)
+    latent = _latent_trajectories(encoder, stores)
+    by = "trajectories" if len(stores) >= 5 else "blocks"
+    config = TrainConfig(epochs=settings.epochs, lr=settings.lr, restarts=settings.restarts,
+                         patience=settings.patience, seed=settings.seed, device=settings.device,
+                         progress=settings.progress,
+                         batch_size=settings.batch_size or (1000 if settings.kind == "mdn" else 64))
+    rng = np.random.default_rng(settings.seed)
+    pooled = np.concatenate(latent)
+    starts = pooled[rng.choice(len(pooled), size=min(256, len(pooled)), replace=False)]
+    meta: dict[str, Any] = {"kind": settings.kind, "lag_frames": lag, "lag_ps": lag * dt, "frame_interval_ps": dt,
+                            "start_points": starts.tolist(), "settings": _jsonable(asdict(settings))}
+    if settings.kind == "mdn":
+        if encoder.kind != "srv":
+            raise LssError("an MDN propagates continuous SRV coordinates; train the encoder with --encoder srv")
+        dataset = TimeLaggedDataset(latent, lag, frame_interval_ps=dt)
+        train, val = dataset.split(settings.val_fraction, by=by, seed=settings.seed)
+        n_dim = latent[0].shape[1]
+        hidden = tuple(settings.hidden or (100, 100))
+
+        def factory(seed: int) -> MDNPropagator:
+            return MDNPropagator(n_dim, settings.n_components, hidden=hidden).fit_normalization(train)
+
+        meta["latent_names"] = [f"psi{i + 1}" for i in range(n_dim)]
+    else:
+        from .discretize import Discretizer
+
+        coordinate = [z[:, 0] for z in latent]
+        discretizer = Discretizer.uniform(settings.n_labels, data=coordinate)
+        # tokens one lag apart; each offset within a lag is its own sequence of tokens
+        labels = [discretizer.to_labels(c[offset::lag]) for c in coordinate for offset in range(lag)]
+        labels = [lab.astype(np.int64) for lab in labels if len(lab) > settings.sequence_length + 1]
+        if not labels:
+            raise LssError("trajectories are too short for LSTM sequences at this lag")
+        dataset = SequenceDataset(labels, settings.sequence_length + 1, stride=settings.sequence_length // 2)
+        train, val = dataset.split(settings.val_fraction, by=by, seed=settings.seed)
+
+        def factory(seed: int) -> LSTMLanguageModel:
+            return LSTMLanguageModel(discretizer.n_labels, embedding_dim=settings.embedding_dim,
+                                     hidden=settings.lstm_units)
+
+        meta["discretizer"] = discretizer.config()
+        meta["latent_names"] = ["psi1"]
+        meta["start_points"] = discretizer.to_labels(starts[:, 0]).tolist()
+    result = fit(factory, train, val, config, checkpoint_dir=model_dir / "checkpoints", stage="propagator")
+    meta.update(validation_score=result.best_score, best_epoch=result.best_epoch)
+    bundle.add("propagator", result.model, **meta)
+    bundle.save(model_dir)
+    save_history(result, model_dir / "history_propagator.json")
+    return meta
+
+
+def sample_latent(model_dir: str | os.PathLike, n_steps: int, n_walkers: int, out: str | os.PathLike, *,
+                  seed: int | None = None, progress: bool = True) -> list[Path]:
+    """Synthetic latent trajectories from a model's propagator, one store per walker in ``out``.
+
+    Walkers start at latent points drawn (with ``seed``) from the training
+    data. MDN: ψ(t+τ) ~ p(·|ψ(t)) streamed in chunks; LSTM: label sequences
+    decoded to the bin centres of ψ1.
+    """
+    from .latent_sampling import sample_to_stores
+
+    bundle = ModelBundle.load(model_dir)
+    stage = bundle["propagator"]
+    meta = stage.meta
+    rng = np.random.default_rng(seed)
+    starts = np.asarray(meta["start_points"])
+    chosen = starts[rng.integers(len(starts), size=n_walkers)]
+    if meta["kind"] == "mdn":
+        return sample_to_stores(stage.model, chosen, n_steps, n_walkers, out_dir=out,
+                                frame_interval_ps=meta["lag_ps"], names=meta["latent_names"], seed=seed,
+                                progress=progress)
+    return _lstm_to_stores(stage.model, meta, chosen, n_steps, out, seed)
+
+
+def _lstm_to_stores(model, meta: dict, start_labels: np.ndarray, n_steps: int, out, seed) -> list[Path]:
+    from .discretize import Discretizer
+    from .store import FeatureBlock, StoreWriter
+
+    discretizer = Discretizer.from_config(meta["discretizer"])
+    labels = model.generate(n_steps, n_sequences=len(start_labels), start=start_labels.astype(np.int64), seed=seed)
+    centers = np.asarray(discretizer.centers, dtype=np.float32).reshape(discretizer.n_labels, -1)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for w, seq in enumerate(labels):
+        path = out / f"walker_{w:03d}.zarr"
+        writer = StoreWriter.create(path, timestep_ps=meta["lag_ps"], report_interval=1, temperature_K=None,
+                                    observables=[FeatureBlock("latent", meta["latent_names"], ["1"]),
+                                                 FeatureBlock("labels", ["label"], ["1"])], overwrite=True)
+        steps = np.arange(1, len(seq) + 1)
+        writer.append(steps, steps * meta["lag_ps"], features={"latent": centers[seq], "labels": seq[:, None]})
+        writer.commit()
+        paths.append(path)
+    return paths
