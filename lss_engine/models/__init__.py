@@ -5,6 +5,8 @@
 * :class:`SRV` - state-free reversible VAMPnet with whitened, ordered eigenfunctions;
 * :func:`make_mlp` - the fully connected lobe they share.
 """
+from .lstm import LSTMLanguageModel, embedding_transition_matrix, kinetic_distance
+from .mdn import MDNPropagator
 from .mlp import make_mlp
 from .srv import SRV
 from .vamp import (
@@ -19,6 +21,8 @@ from .vamp import (
 from .vampnet import KoopmanModel, VAMPNet, koopman_model_from_memberships
 
 __all__ = [
+    "MDNPropagator",
+    "LSTMLanguageModel", "kinetic_distance", "embedding_transition_matrix",
     "VAMPNet",
     "SRV",
     "KoopmanModel",
