@@ -5,9 +5,10 @@ dynamics on a 2-D potential with four minima, of which the LSTM sees only
 the x coordinate.
 
 1. **MD.**  ``get_system("four-state")`` (β = 9.5, Δt = 0.01, γ = 1, OpenMM
-   Reference platform), ``--steps`` steps (default 60 M = 6·10⁵ reduced time
-   units), x and y recorded every ``--every`` = 50 steps (frame interval
-   Δ = 0.5) by a ``ZarrReporter`` (``featurizer="positions"``).
+   Reference platform), ``--steps`` steps (default 120 M = 1.2·10⁶ reduced
+   time units, about 1,700 transitions), x and y recorded every ``--every`` =
+   100 steps (frame interval Δ = 1) by a ``ZarrReporter``
+   (``featurizer="positions"``).
 2. **Labels (the paper's choice for the model potentials).**  The authors' code
    for this potential (github.com/tiwarylab/LSTM-predict-MD, ``LSTM_LM_4s.py``:
    ``num_bins=4``, ``X=[2.0, 0.5, -0.5, -2.0]``, nearest value) uses N = 4
@@ -22,7 +23,7 @@ the x coordinate.
    (``kinetics.MetastableState`` + ``kinetics.assign_states``: a state holds
    until the next core is entered).  With four nearest-minimum labels the
    states are the labels themselves.  A transition counts when the new state
-   is held for the commitment time t_c (default 20 time units = 40 frames:
+   is held for the commitment time t_c (default 20 time units = 20 frames:
    it removes the label flicker where the B and C wells overlap in x and the
    passages of A ⇄ C, B ⇄ D paths through the x-range of another minimum).
    Mean transition time i → j: :math:`T_i(t_c)/N_{ij}(t_c)` from
@@ -48,7 +49,7 @@ the x coordinate.
    ``--gen-factor`` times as long as the MD.
 6. **MSM** on the same labels (reversible MLE, lag 1 frame = the LSTM's time
    resolution), sampled into one trajectory as long as the MD; for
-   reference also an MSM at lag t_c sampled at that lag.
+   reference also an MSM at lag t_c (20 frames) sampled at that lag.
 
 Pass criterion per ordered pair: ``|τ_LSTM − τ_MD| <= max(block SE_MD, 0.25 τ_MD)``.
 The table also shows the LSTM's own sampling error (blocks of sequences)
@@ -164,8 +165,8 @@ def sample_msm(labels: np.ndarray, n_labels: int, lag: int, n_frames: int, seed:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("runs/lstm_four_state"))
-    parser.add_argument("--steps", type=float, default=60e6, help="MD steps (Δt = 0.01)")
-    parser.add_argument("--every", type=int, default=50, help="MD steps per frame")
+    parser.add_argument("--steps", type=float, default=120e6, help="MD steps (Δt = 0.01)")
+    parser.add_argument("--every", type=int, default=100, help="MD steps per frame")
     parser.add_argument("--labels", default="minima",
                         help="'minima' (paper: nearest of the 4 minima's x) or N equal-width bins on [-3, 3]")
     parser.add_argument("--min-visit", type=int, default=1, help="coring of the labels (frames)")
@@ -174,7 +175,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--sequences", type=int, default=256, help="LSTM sequences generated in one batch")
     parser.add_argument("--gen-factor", type=float, default=5.0, help="LSTM tokens / MD frames")
-    parser.add_argument("--msm-lag", type=int, default=40, help="second MSM's lag (frames)")
+    parser.add_argument("--msm-lag", type=int, default=20, help="second MSM's lag (frames)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core CPU)")
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--progress", action="store_true")

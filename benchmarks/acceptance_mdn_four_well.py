@@ -189,9 +189,11 @@ def train_mdn(x: np.ndarray, dt_frame: float, args: argparse.Namespace, bounded:
 
 
 def throughput(workdir: Path, n_walkers: int = 1000, n_steps: int = 2000, repeats: int = 3) -> dict:
-    """Latent steps/s (walkers x steps per second) of ``propagate`` for 2- and 3-D MDNs (C = 8,
-    hidden 100-100, random weights with the mean and width outputs made constant so that the
-    walk stays finite; the cost does not depend on the weights), best of ``repeats``; and of ``sample_to_stores`` end to end (zarr writes included)."""
+    """Latent steps/s (walkers x steps per second) of ``propagate`` for 2- and 3-D MDNs (C = 8, hidden
+    100-100; random weights with the mean and width outputs made constant so that the walk stays finite:
+    the cost does not depend on the weights), best of ``repeats``, with 1 torch thread (the default) and
+    with torch's thread setting; and of ``sample_to_stores`` end to end (store creation and zarr writes
+    included) for ``n_walkers`` walkers x 20,000 steps in chunks of 10,000."""
     import shutil
 
     import torch
@@ -199,29 +201,32 @@ def throughput(workdir: Path, n_walkers: int = 1000, n_steps: int = 2000, repeat
     from lss_engine.latent_sampling import sample_to_stores
     from lss_engine.models import MDNPropagator
 
-    out = {"threads": torch.get_num_threads(), "walkers": n_walkers}
+    out = {"torch_threads": torch.get_num_threads(), "walkers": n_walkers}
     for d in (2, 3):
         torch.manual_seed(d)
         model = MDNPropagator(d, 8, hidden=(100, 100))
-        with torch.no_grad():  # means and widths independent of the state: a random walk, never overflows
+        with torch.no_grad():
             model.net[-1].weight[8:].zero_()
             model.net[-1].bias[8:].mul_(0.1)
         model.fit_normalization(np.random.default_rng(0).standard_normal((1000, d)))
-        model.propagate(np.zeros(d), 50, n_walkers=n_walkers, seed=0, device="cpu")  # warm-up
-        rates = []
-        for r in range(repeats):
-            t0 = time.perf_counter()
-            model.propagate(np.zeros(d), n_steps, n_walkers=n_walkers, seed=r, device="cpu")
-            rates.append(n_walkers * n_steps / (time.perf_counter() - t0))
-        out[f"propagate_{d}d_steps_per_s"] = max(rates)
-        out[f"propagate_{d}d_steps_per_s_all"] = rates
+        for threads in (1, None):
+            model.propagate(np.zeros(d), 50, n_walkers=n_walkers, seed=0, device="cpu", threads=threads)  # warm-up
+            rates = []
+            for r in range(repeats):
+                t0 = time.perf_counter()
+                model.propagate(np.zeros(d), n_steps, n_walkers=n_walkers, seed=r, device="cpu", threads=threads)
+                rates.append(n_walkers * n_steps / (time.perf_counter() - t0))
+            key = f"propagate_{d}d_{'1thread' if threads == 1 else 'torch_threads'}"
+            out[key] = max(rates)
+            out[key + "_all"] = rates
         if d == 2:
             target = workdir / "throughput_stores"
             shutil.rmtree(target, ignore_errors=True)
             t0 = time.perf_counter()
-            sample_to_stores(model, np.zeros(d), 5 * n_steps, n_walkers, out_dir=target, frame_interval_ps=1.0,
-                             seed=0, chunk_steps=n_steps, progress=False)
-            out["sample_to_stores_2d_steps_per_s"] = n_walkers * 5 * n_steps / (time.perf_counter() - t0)
+            sample_to_stores(model, np.zeros(d), 20_000, n_walkers, out_dir=target, frame_interval_ps=1.0,
+                             seed=0, chunk_steps=10_000, progress=False)
+            out["sample_to_stores_2d_seconds"] = seconds = time.perf_counter() - t0
+            out["sample_to_stores_2d_steps_per_s"] = n_walkers * 20_000 / seconds
             shutil.rmtree(target, ignore_errors=True)
     return out
 
@@ -254,7 +259,13 @@ def main() -> None:
     parser.add_argument("--formulations", nargs="+", default=["default", "bounded"], choices=["default", "bounded"])
     parser.add_argument("--progress", action="store_true", help="training progress bars")
     parser.add_argument("--skip-throughput", action="store_true", help="skip the sampling speed measurement")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch threads for training (default: torch's; 1 is faster on a shared machine)")
     args = parser.parse_args()
+    if args.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -359,10 +370,12 @@ def main() -> None:
     row("overall", "", [verdict(results[n]["pass"]) for n in args.formulations])
     if not args.skip_throughput:
         tp = results["throughput"] = throughput(workdir)
-        print(f"sampling throughput ({tp['walkers']} walkers, C=8, hidden 100-100, {tp['threads']} torch threads): "
-              f"propagate 2-D {tp['propagate_2d_steps_per_s']:.3g} latent steps/s, 3-D "
-              f"{tp['propagate_3d_steps_per_s']:.3g} (target >= 1e6); sample_to_stores 2-D incl. zarr writes "
-              f"{tp['sample_to_stores_2d_steps_per_s']:.3g}")
+        print(f"sampling throughput, {tp['walkers']} walkers, C=8, hidden 100-100 (target >= 1e6 latent steps/s): "
+              f"propagate 2-D {tp['propagate_2d_1thread']:.3g}, 3-D {tp['propagate_3d_1thread']:.3g} with 1 torch "
+              f"thread (default); {tp['propagate_2d_torch_threads']:.3g} / {tp['propagate_3d_torch_threads']:.3g} "
+              f"with {tp['torch_threads']} threads; sample_to_stores 2-D, 20,000 steps into {tp['walkers']} "
+              f"stores: {tp['sample_to_stores_2d_steps_per_s']:.3g} end to end "
+              f"({tp['sample_to_stores_2d_seconds']:.0f} s, store creation and commits included)")
     results["total_seconds"] = time.perf_counter() - t_start
     print(f"total {results['total_seconds']:.0f} s")
     (workdir / "acceptance.json").write_text(json.dumps(results, indent=2, default=float))

@@ -22,6 +22,7 @@ them back with ``lss_engine.store.open_stores(out_dir)``.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import LssError
-from .store import DEFAULT_CHUNK_BYTES, FeatureBlock, StoreWriter
+from .store import DEFAULT_CHUNK_BYTES, FeatureBlock, StoreWriter, open_store
 
 __all__ = ["sample_to_stores", "OBSERVABLE"]
 
@@ -62,6 +63,7 @@ def sample_to_stores(
     chunk_steps: int = 10_000,
     progress: bool = True,
     device: str | None = None,
+    threads: int | None = 1,
     overwrite: bool = False,
 ) -> list[Path]:
     r"""Propagate ``n_walkers`` walkers for ``n_steps`` steps into one store per walker.
@@ -96,8 +98,14 @@ def sample_to_stores(
         A tqdm bar counting latent steps (walkers × steps) per second.
     device
         ``None``/``"auto"``, ``"cpu"``, ``"cuda"``, ...
+    threads
+        torch threads of the sampling loop on the CPU (see
+        :meth:`~lss_engine.models.MDNPropagator.propagate`; the default 1 leaves
+        the other cores to the threads that write the stores).
     overwrite
-        Replace existing walker stores (only lss_engine stores are removed).
+        Replace the walker stores of an earlier run in ``out_dir`` (all
+        ``walker_*.zarr``, so that none is left over; only lss_engine stores
+        are removed).
 
     Returns
     -------
@@ -119,16 +127,20 @@ def sample_to_stores(
     names = [f"psi{i + 1}" for i in range(n_dim)] if names is None else [str(n) for n in names]
     if len(names) != n_dim:
         raise LssError(f"{len(names)} names for {n_dim} latent coordinates")
-    out_dir = Path(out_dir)
-    paths = [out_dir / f"walker_{w:03d}.zarr" for w in range(n_walkers)]
-    if not overwrite:
-        existing = [p for p in paths if p.exists()]
-        if existing:
-            raise LssError(f"{existing[0]} exists already ({len(existing)} walker stores); pass overwrite=True "
-                           "or choose another out_dir")
-    sampler = propagator.sampler(start, n_walkers=n_walkers, seed=seed, device=device)
+    sampler = propagator.sampler(start, n_walkers=n_walkers, seed=seed, device=device, threads=threads)
     if sampler.n_walkers != n_walkers:  # pragma: no cover - the sampler checks it
         raise LssError(f"start has {sampler.n_walkers} walkers, n_walkers={n_walkers}")
+    out_dir = Path(out_dir)
+    paths = [out_dir / f"walker_{w:03d}.zarr" for w in range(n_walkers)]
+    # open_stores(out_dir) reads every store there: no walker of an earlier run may remain
+    existing = sorted(set(out_dir.glob("walker_*.zarr")) | {p for p in paths if p.exists()})
+    if existing and not overwrite:
+        raise LssError(f"{existing[0]} exists already ({len(existing)} walker stores in {out_dir}); pass "
+                       "overwrite=True or choose another out_dir")
+    for path in existing:
+        if path not in paths:
+            open_store(path)  # raises unless it is an lss_engine store: never delete anything else
+            shutil.rmtree(path)
 
     # each open writer buffers one chunk of each of its 3 arrays: bound the total
     chunk_bytes = int(min(DEFAULT_CHUNK_BYTES, max(_MIN_CHUNK_BYTES, _WRITER_BUFFER_BUDGET // (3 * n_walkers))))

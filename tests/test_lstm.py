@@ -57,7 +57,10 @@ def trained():
     """An LSTM trained with lss_engine.train.fit on 60k labels of the chain P."""
     x = markov_chain(P, 60_000, seed=0)
     train, val = SequenceDataset(x, 33, stride=32).split(0.2)
-    cfg = TrainConfig(epochs=12, batch_size=32, lr=1e-2, patience=None, lr_patience=None, progress=False, seed=0)
+    # a decaying learning rate (cut on every plateau): without it, optimiser noise shifts
+    # the learned stationary distribution by ~0.02
+    cfg = TrainConfig(epochs=12, batch_size=32, lr=1e-2, patience=None, lr_patience=0, lr_factor=0.3,
+                      progress=False, seed=0)
     result = fit(lambda seed: LSTMLanguageModel(3, embedding_dim=4, hidden=16), train, val, cfg)
     return result
 
@@ -75,7 +78,7 @@ def test_trained_lstm_reproduces_markov_chain(trained):
     assert -trained.best_score == pytest.approx(entropy_rate, abs=0.01)
     g = trained.model.generate(2000, n_sequences=50, seed=1)[:, 100:]
     pi, T = empirical(g, 3)
-    np.testing.assert_allclose(pi, pi_true, atol=0.03)
+    np.testing.assert_allclose(pi, pi_true, atol=0.02)
     np.testing.assert_allclose(T, P, atol=0.02)
 
 

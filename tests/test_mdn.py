@@ -10,7 +10,7 @@ from scipy.stats import multivariate_normal
 from lss_engine import kinetics
 from lss_engine.bundle import ModelBundle
 from lss_engine.data import TimeLaggedDataset
-from lss_engine.errors import LssError
+from lss_engine.errors import LssError, NonFiniteError
 from lss_engine.latent_sampling import sample_to_stores
 from lss_engine.models import MDNPropagator
 from lss_engine.models.mdn import MDNSampler
@@ -150,10 +150,21 @@ def test_propagate_is_reproducible_for_a_seed():
     d = model.propagate(starts, 10, seed=1)
     assert d.shape == (3, 11, 2) and np.allclose(d[:, 0], starts)
     assert np.array_equal(d, model.propagate(starts, 10, n_walkers=3, seed=1))
+    threads = torch.get_num_threads()
+    model.propagate(starts, 10, seed=1, threads=threads + 1)
+    assert torch.get_num_threads() == threads  # set for the loop only
     with pytest.raises(LssError, match="walkers"):
         model.propagate(starts, 10, n_walkers=2)
     with pytest.raises(LssError, match="coordinates"):
         model.propagate([0.0, 1.0, 2.0], 10)
+
+
+def test_divergence_is_reported():
+    model = random_model(dtype="float32")
+    with torch.no_grad():
+        model.net[-1].bias[-8:].fill_(100.0)  # sigma = exp(100) overflows float32
+    with pytest.raises(NonFiniteError, match="step 1"):
+        model.propagate([2.0, -5.0], 5, seed=0)
 
 
 def test_chunked_sampler_equals_one_shot():
@@ -185,9 +196,9 @@ def test_sample_to_stores_streams_the_one_shot_trajectory(tmp_path):
     assert data.lag == 2 and len(data) == 3 * 299
     with pytest.raises(LssError, match="exists"):
         sample_to_stores(model, start, 10, 3, out_dir=tmp_path / "synth", frame_interval_ps=2.5, progress=False)
-    sample_to_stores(model, start[0], 10, 3, out_dir=tmp_path / "synth", frame_interval_ps=2.5, progress=False,
+    sample_to_stores(model, start[0], 10, 2, out_dir=tmp_path / "synth", frame_interval_ps=2.5, progress=False,
                      overwrite=True, chunk_steps=4)
-    assert [s.n_frames for s in open_stores(tmp_path / "synth")] == [11, 11, 11]
+    assert [s.n_frames for s in open_stores(tmp_path / "synth")] == [11, 11]  # walker 2 of the first run is gone
 
 
 # -- training --------------------------------------------------------------------

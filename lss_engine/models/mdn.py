@@ -400,9 +400,10 @@ class MDNPropagator(nn.Module):
         n_walkers: int | None = None,
         seed: int | None = None,
         device: "str | torch.device | None" = None,
+        threads: int | None = 1,
     ) -> "MDNSampler":
         """An :class:`MDNSampler` positioned at ``start``; see :meth:`propagate` for the arguments."""
-        return MDNSampler(self, start, n_walkers=n_walkers, seed=seed, device=device)
+        return MDNSampler(self, start, n_walkers=n_walkers, seed=seed, device=device, threads=threads)
 
     def propagate(
         self,
@@ -412,6 +413,7 @@ class MDNPropagator(nn.Module):
         n_walkers: int | None = None,
         seed: int | None = None,
         device: "str | torch.device | None" = None,
+        threads: int | None = 1,
     ) -> np.ndarray:
         r"""Synthetic trajectories: ``n_steps`` draws from :math:`p_\tau` per walker.
 
@@ -437,6 +439,12 @@ class MDNPropagator(nn.Module):
         device
             ``None``/``"auto"`` (CUDA when available, else CPU), ``"cpu"``,
             ``"cuda"``, ...  The model itself is not moved.
+        threads
+            torch threads of the loop on the CPU, set while it runs (``None``:
+            torch's current setting).  The default 1 is about as fast as more
+            threads for a few thousand walkers (the per-step operations are
+            small), does not stall when other processes share the cores, and
+            makes the result independent of the machine's thread count.
 
         Returns
         -------
@@ -444,7 +452,7 @@ class MDNPropagator(nn.Module):
             ``(W, n_steps + 1, D)`` in the model's dtype; row 0 is ``start``.
         """
         n_steps = _check_int(n_steps, "n_steps", minimum=0)
-        sampler = self.sampler(start, n_walkers=n_walkers, seed=seed, device=device)
+        sampler = self.sampler(start, n_walkers=n_walkers, seed=seed, device=device, threads=threads)
         out = np.empty((n_steps + 1, sampler.n_walkers, self.n_dim), dtype=sampler.numpy_dtype)
         out[0] = sampler.state()
         sampler.run(n_steps, out=out[1:])
@@ -510,8 +518,10 @@ class MDNSampler:
         n_walkers: int | None = None,
         seed: int | None = None,
         device: "str | torch.device | None" = None,
+        threads: int | None = 1,
     ):
         self.device = _resolve_device(device)
+        self.threads = None if threads is None else _check_int(threads, "threads")
         if model.norm_scale.device != self.device:
             model = copy.deepcopy(model).to(self.device)
         self.model = model
@@ -643,8 +653,12 @@ class MDNSampler:
         score = torch.empty((w, c), dtype=self.dtype, device=self.device)
         k = torch.empty((w,), dtype=torch.int64, device=self.device)
         was_training = model.training
+        threads = torch.get_num_threads()
+        set_threads = self.device.type == "cpu" and self.threads is not None and self.threads != threads
         model.eval()
         try:
+            if set_threads:
+                torch.set_num_threads(self.threads)
             with torch.inference_mode():
                 # the state lives in one aligned buffer: BLAS results may depend on the
                 # alignment of their input, and a run must not depend on its chunking
@@ -682,5 +696,7 @@ class MDNSampler:
                 out[...] = traj.cpu().numpy()
         finally:
             model.train(was_training)
+            if set_threads:
+                torch.set_num_threads(threads)
         self.steps_done += n_steps
         return out
