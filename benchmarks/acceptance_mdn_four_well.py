@@ -331,11 +331,11 @@ def main() -> None:
               f"{ref_full[key]['mfpt']:.3f} ps; training MD {results['md_train_mfpt'][key]['mfpt']:.3f} ps "
               f"(n={results['md_train_mfpt'][key]['n']})")
 
-    header = f"{'figure':<44}{'target':<16}" + "".join(f"{n:<26}" for n in args.formulations)
+    header = f"{'figure':<44}{'target':<20}" + "".join(f"{n:<26}" for n in args.formulations)
     print(header)
 
     def row(label: str, target: str, cells: list[str]) -> None:
-        print(f"{label:<44}{target:<16}" + "".join(f"{c:<26}" for c in cells))
+        print(f"{label:<44}{target:<20}" + "".join(f"{c:<26}" for c in cells))
 
     js_cells, js_md_cells, bound_cells = [], [], []
     for name in args.formulations:
