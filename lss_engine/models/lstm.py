@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LssError
-from .mlp import dtype_name, evaluating, parse_dtype
+from .mlp import model_from_config, dtype_name, evaluating, parse_dtype
 
 __all__ = ["LSTMLanguageModel", "embedding_transition_matrix", "kinetic_distance"]
 
@@ -193,12 +193,7 @@ class LSTMLanguageModel(nn.Module):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "LSTMLanguageModel":
         """A fresh model from :meth:`config`'s output (load weights with ``load_state_dict``)."""
-        if not isinstance(config, dict):
-            raise LssError(f"an LSTMLanguageModel config is a dict, got {type(config).__name__}")
-        try:
-            return cls(**config)
-        except TypeError as exc:
-            raise LssError(f"bad LSTMLanguageModel config: {exc}") from None
+        return model_from_config(cls, config)
 
     # -- sampling ----------------------------------------------------------------------------
     @property

@@ -79,7 +79,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import LssError, NonFiniteError
-from .mlp import EVAL_CHUNK, as_input, dtype_name, evaluating, iter_pairs, make_mlp, parse_dtype
+from .mlp import model_from_config, EVAL_CHUNK, as_input, dtype_name, evaluating, iter_pairs, make_mlp, parse_dtype
 
 __all__ = ["MDNPropagator", "MDNSampler", "mixture_log_prob"]
 
@@ -385,12 +385,7 @@ class MDNPropagator(nn.Module):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "MDNPropagator":
         """A fresh network from :meth:`config`'s output (load weights and normalisation with ``load_state_dict``)."""
-        if not isinstance(config, dict):
-            raise LssError(f"an MDNPropagator config is a dict, got {type(config).__name__}")
-        try:
-            return cls(**config)
-        except TypeError as exc:
-            raise LssError(f"bad MDNPropagator config: {exc}") from None
+        return model_from_config(cls, config)
 
     # -- generation --------------------------------------------------------------
     def sampler(

@@ -204,3 +204,14 @@ def evaluating(module: nn.Module) -> Iterator[None]:
             yield
     finally:
         module.train(was_training)
+
+
+def model_from_config(cls: type, config: Any) -> Any:
+    """``cls(**config)`` for a network's ``from_config``; a malformed config is a one-line :class:`LssError`."""
+    if not isinstance(config, dict):
+        raise LssError(f"a {cls.__name__} config is a dict, got {type(config).__name__}")
+    try:
+        return cls(**config)
+    except TypeError as exc:
+        raise LssError(f"bad {cls.__name__} config: {exc}") from None
+

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from ..errors import LssError
+from .mlp import model_from_config
 from .mlp import (
     EVAL_CHUNK,
     as_input,
@@ -206,12 +207,7 @@ class SRV(nn.Module):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "SRV":
         """A fresh network from :meth:`config`'s output (load weights and whitening with ``load_state_dict``)."""
-        if not isinstance(config, dict):
-            raise LssError(f"an SRV config is a dict, got {type(config).__name__}")
-        try:
-            return cls(**config)
-        except TypeError as exc:
-            raise LssError(f"bad SRV config: {exc}") from None
+        return model_from_config(cls, config)
 
     # -- whitening -----------------------------------------------------------
     @property

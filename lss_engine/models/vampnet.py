@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import LssError
+from .mlp import model_from_config
 from .mlp import (
     EVAL_CHUNK,
     as_input,
@@ -340,12 +341,7 @@ class VAMPNet(nn.Module):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "VAMPNet":
         """A fresh network from :meth:`config`'s output (load weights with ``load_state_dict``)."""
-        if not isinstance(config, dict):
-            raise LssError(f"a VAMPNet config is a dict, got {type(config).__name__}")
-        try:
-            return cls(**config)
-        except TypeError as exc:
-            raise LssError(f"bad VAMPNet config: {exc}") from None
+        return model_from_config(cls, config)
 
     # -- analysis ----------------------------------------------------------
     def memberships(self, x: Any, instantaneous: bool = True, chunk_size: int = EVAL_CHUNK) -> np.ndarray:
