@@ -7,7 +7,15 @@ trajectories (``lss sample-latent``), and compares with MD:
 
 * autocorrelation (relaxation) times of ψ1 and ψ2: within 20 % of MD's, or
   within two of MD's 5-block standard errors where those are wider;
-* the free-energy profile along ψ1: RMSE ≤ 0.5 kT over bins populated in both.
+* the free-energy profile along ψ1 (50 bins): RMSE ≤ 0.5 kT over the populated
+  bins, those holding ≥ 10 MD frames (MD's own counting error there is
+  ≤ 0.3 kT; bins with 1-3 frames are noise at the 1 kT level).  The RMSE over
+  every bin visited by both is printed too.
+
+The MDN works in the quantile-blend coordinates by default (``--transform``,
+``--linear-weight``; see ``MDNPropagator``): the SRV's ψ1 is close to an
+indicator of the two basins, with hard edges and an empty gap, which standard
+scores leave to Gaussian components that spill over the edges.
 
 MD's ψ is read at the propagator's time step (every lag-th frame), so both
 series have the same sampling interval and MD's 5 blocks are contiguous in time.
@@ -24,6 +32,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+
+MIN_COUNT = 10  # MD frames in a bin for it to count as populated
 
 
 class _scalar:
@@ -43,6 +54,10 @@ def main() -> None:
     parser.add_argument("--walkers", type=int, default=10)
     parser.add_argument("--components", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--transform", default="quantile", choices=["quantile", "standard"],
+                        help="coordinates of the MDN (default: %(default)s)")
+    parser.add_argument("--linear-weight", type=float, default=0.5,
+                        help="share of standard scores in the quantile transform (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reuse", action="store_true", help="keep a propagator already trained in --workdir")
     args = parser.parse_args()
@@ -66,7 +81,8 @@ def main() -> None:
         shutil.copytree(args.model, model, ignore=shutil.ignore_patterns("checkpoints"))
         t0 = time.perf_counter()
         meta = train_propagator(model, [store], PropagatorSettings(kind="mdn", n_components=args.components,
-                                                                    lag=args.lag, epochs=args.epochs,
+                                                                    lag=args.lag, epochs=args.epochs, transform=args.transform,
+                                                                    linear_weight=args.linear_weight,
                                                                     seed=args.seed, progress=False))
         train_seconds = time.perf_counter() - t0
     encoder = load_encoder(model)
@@ -104,14 +120,21 @@ def main() -> None:
               f"allowed ±{tol:.1f} ps) {'PASS' if passed else 'FAIL'}")
     lo = min(np.concatenate(md)[:, 0].min(), np.concatenate(synth)[:, 0].min())
     hi = max(np.concatenate(md)[:, 0].max(), np.concatenate(synth)[:, 0].max())
-    f_md = kinetics.free_energy_1d([m[:, 0] for m in md], bins=50, range=(lo, hi))
+    # the FES is a static property: MD's reference uses every frame
+    f_md = kinetics.free_energy_1d(psi_md[:, 0], bins=50, range=(lo, hi))
     f_lss = kinetics.free_energy_1d([s[:, 0] for s in synth], bins=50, range=(lo, hi))
-    rmse = float(kinetics.fes_rmse(f_md, f_lss))
+    # populated bins: ≥ 10 MD frames, where MD's own counting error of F is ≤ 1/sqrt(10) ≈ 0.3 kT
+    counts_md = np.histogram(psi_md[:, 0], bins=50, range=(lo, hi))[0]
+    populated = counts_md >= MIN_COUNT
+    rmse = float(kinetics.fes_rmse(f_md, f_lss, populated))
+    rmse_all = float(kinetics.fes_rmse(f_md, f_lss))
     passed = rmse <= 0.5
     ok &= passed
     report["fes_psi1_rmse_kT"] = rmse
-    print(f"FES along ψ1: RMSE {rmse:.3f} kT over bins populated in both (target ≤ 0.5 kT) "
-          f"{'PASS' if passed else 'FAIL'}")
+    report["fes_psi1_populated_bins"] = int(populated.sum())
+    report["fes_psi1_rmse_kT_all_shared_bins"] = rmse_all
+    print(f"FES along ψ1: RMSE {rmse:.3f} kT over the {int(populated.sum())} bins with ≥ {MIN_COUNT} MD frames "
+          f"(target ≤ 0.5 kT) {'PASS' if passed else 'FAIL'}; over every bin visited by both: {rmse_all:.3f} kT")
     outside = float(np.mean((np.concatenate(synth) < np.concatenate(md).min(0)) |
                             (np.concatenate(synth) > np.concatenate(md).max(0))))
     report["fraction_outside_md_range"] = outside

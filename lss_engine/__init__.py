@@ -20,6 +20,8 @@ _LAZY = {
     "open_stores": "lss_engine.store",
     "get_system": "lss_engine.systems",
     "TimeLaggedDataset": "lss_engine.data",
+    "LatentSimulation": "lss_engine.integrator",
+    "LatentSpaceSimulator": "lss_engine.simulator",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -108,6 +108,9 @@ def _build_parser() -> argparse.ArgumentParser:
                          "(language model on the binned first slow coordinate) (default: %(default)s)")
     tr.add_argument("--propagator-lag", default=None, help="propagator time step (default: the encoder's lag)")
     tr.add_argument("--components", type=int, default=8, help="MDN mixture components (default: %(default)s)")
+    tr.add_argument("--mdn-transform", choices=["quantile", "standard"], default="quantile",
+                    help="coordinates the MDN works in: quantile (marginal Gaussianisation; suits latent "
+                         "coordinates with sharp edges and gaps) or standard scores (default: %(default)s)")
     tr.add_argument("--labels", type=int, default=32, help="LSTM: number of bins/labels (default: %(default)s)")
     tr.add_argument("--propagator-epochs", type=int, default=100, help="propagator epochs (default: %(default)s)")
     tr.add_argument("--out", required=True, metavar="MODEL_DIR", help="output model directory")
@@ -331,7 +334,7 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"(figures and metrics.json there)")
     if "propagator" in stages:
         settings = PropagatorSettings(kind=args.propagator, lag=args.propagator_lag, n_components=args.components,
-                                      n_labels=args.labels, epochs=args.propagator_epochs, seed=args.seed,
+                                      transform=args.mdn_transform, n_labels=args.labels, epochs=args.propagator_epochs, seed=args.seed,
                                       val_fraction=args.val_fraction, device=args.device,
                                       progress=not args.no_progress)
         meta = train_propagator(args.out, args.stores, settings)

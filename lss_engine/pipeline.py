@@ -263,6 +263,8 @@ class PropagatorSettings:
     lag: Any = None
     n_components: int = 8
     hidden: Sequence[int] | None = None  # MDN default (100, 100)
+    transform: str = "quantile"  # MDN: "quantile" (marginal Gaussianisation) or "standard" (standard scores)
+    linear_weight: float = 0.5  # MDN "quantile": share of standard scores blended in (keeps gaps as barriers)
     n_labels: int = 32
     embedding_dim: int = 8
     lstm_units: int = 64
@@ -325,7 +327,9 @@ def train_propagator(model_dir: str | os.PathLike, stores: Sequence[Any], settin
         hidden = tuple(settings.hidden or (100, 100))
 
         def factory(seed: int) -> MDNPropagator:
-            return MDNPropagator(n_dim, settings.n_components, hidden=hidden).fit_normalization(train)
+            return MDNPropagator(n_dim, settings.n_components, hidden=hidden,
+                                 transform=settings.transform,
+                                 linear_weight=settings.linear_weight).fit_normalization(train)
 
         meta["latent_names"] = [f"psi{i + 1}" for i in range(n_dim)]
     else:

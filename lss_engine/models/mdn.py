@@ -155,6 +155,57 @@ _INPLACE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+def quantile_knots(x: np.ndarray, n_knots: int, linear_weight: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    r"""Knots of the marginal Gaussianisation of ``(N, D)`` data, blended with standard scores.
+
+    .. math:: z_d(x) = (1 - \lambda)\,\Phi^{-1}\bigl(F_d(x)\bigr) + \lambda\,\frac{x - \bar x_d}{s_d}
+
+    with the empirical CDF :math:`F_d`, the data's mean :math:`\bar x_d` and
+    standard deviation :math:`s_d`, and :math:`\lambda` = ``linear_weight``.
+    The Gaussianising part gives narrow basins a width that Gaussian
+    components resolve; the linear part keeps an empty gap :math:`\Delta x`
+    of the data a barrier of width :math:`\lambda\,\Delta x / s_d` in
+    :math:`z`.  (Pure Gaussianisation, :math:`\lambda = 0`, closes gaps:
+    basins that MD never connects directly become neighbours in :math:`z` and
+    Gaussian steps cross between them far too often.)
+
+    The knots are the empirical quantiles :math:`x_{kd}` at ``n_knots``
+    equally spaced levels :math:`p_k \in [0, 1]` (minimum and maximum
+    included), with the levels kept in :math:`[\tfrac{1}{2N}, 1 -
+    \tfrac{1}{2N}]` for :math:`\Phi^{-1}`.  Equal quantiles (ties) are
+    spread by a relative :math:`10^{-9}` of the range so the map stays
+    strictly increasing.  Returns ``(K, D)`` ``x`` and ``z`` knots.
+    """
+    from scipy.special import ndtri
+
+    n = len(x)
+    levels = np.linspace(0.0, 1.0, n_knots)[:, None]
+    knots_x = np.quantile(x, levels[:, 0], axis=0)  # (K, D)
+    step = 1e-9 * np.maximum(knots_x[-1] - knots_x[0], 1e-12) * np.arange(n_knots)[:, None]
+    knots_x = np.maximum.accumulate(knots_x - step, axis=0) + step
+    gauss = ndtri(np.clip(levels, 0.5 / n, 1.0 - 0.5 / n))
+    standard = (knots_x - x.mean(axis=0)) / x.std(axis=0)
+    knots_z = (1.0 - linear_weight) * gauss + linear_weight * standard
+    knots_z = np.maximum.accumulate(knots_z - step, axis=0) + step  # clipped levels stay increasing
+    return knots_x, knots_z
+
+
+def _piecewise_linear(x: torch.Tensor, knots_in: torch.Tensor, knots_out: torch.Tensor,
+                      slope: bool = False) -> torch.Tensor:
+    """Per-coordinate piecewise-linear map of ``(N, D)`` ``x`` through ``(K, D)`` knots, linear beyond the ends.
+
+    Both knot arrays increase along ``K``, so swapping them gives the inverse.
+    ``slope=True``: the ``(N, D)`` derivatives instead of the values.
+    """
+    k_in, k_out = knots_in.t().contiguous(), knots_out.t().contiguous()  # (D, K)
+    xt = x.t().contiguous()  # (D, N)
+    i = torch.searchsorted(k_in, xt).clamp_(1, k_in.shape[1] - 1)
+    x0, x1 = k_in.gather(1, i - 1), k_in.gather(1, i)
+    z0, z1 = k_out.gather(1, i - 1), k_out.gather(1, i)
+    gradient = (z1 - z0) / (x1 - x0)
+    return (gradient if slope else z0 + (xt - x0) * gradient).t()
+
+
 class MDNPropagator(nn.Module):
     r"""Mixture density network for :math:`p_\tau(\psi_{t+\tau} \mid \psi_t)` (see the module docs).
 
@@ -180,6 +231,23 @@ class MDNPropagator(nn.Module):
         ``bounded=False``, fractions of the data range for ``bounded=True``).
     dtype
         ``"float32"`` or ``"float64"`` parameters (default: torch's default).
+    transform
+        Map from :math:`\psi` to the network's coordinates for
+        ``bounded=False``: ``"standard"`` (standard scores) or ``"quantile"``
+        (marginal Gaussianisation, :math:`z_d = \Phi^{-1}(F_d(\psi_d))`
+        with the empirical CDF :math:`F_d`, piecewise linear between
+        ``n_knots`` quantiles, blended with standard scores by
+        ``linear_weight``; see :func:`quantile_knots`).  ``"quantile"`` suits
+        coordinates with sharp edges and empty gaps, such as an SRV
+        coordinate that is nearly an indicator of two basins: narrow basins
+        get a width Gaussian components can resolve, and a gap shrinks to a
+        thin barrier, so the components no longer spread mass over it.
+    n_knots
+        Quantiles of the ``"quantile"`` transform (per coordinate).
+    linear_weight
+        :math:`\lambda` of :func:`quantile_knots`: the share of standard
+        scores blended into the ``"quantile"`` map, so an empty gap keeps a
+        width (a barrier for the Gaussian steps) in the network's coordinates.
 
     Notes
     -----
@@ -197,6 +265,9 @@ class MDNPropagator(nn.Module):
         bounded: bool = False,
         min_std: float = 1e-3,
         dtype: "str | torch.dtype | None" = None,
+        transform: str = "standard",
+        n_knots: int = 2048,
+        linear_weight: float = 0.5,
     ):
         super().__init__()
         self.n_dim = _check_int(n_dim, "n_dim")
@@ -210,6 +281,16 @@ class MDNPropagator(nn.Module):
         if not (math.isfinite(min_std) and min_std > 0):
             raise LssError(f"min_std must be a positive number, got {min_std!r}")
         self.min_std = min_std
+        if transform not in ("standard", "quantile"):
+            raise LssError(f"transform must be 'standard' or 'quantile', got {transform!r}")
+        if bounded and transform != "standard":
+            raise LssError("bounded=True uses its own min-max scaling; transform must be 'standard'")
+        self.transform = str(transform)
+        self.n_knots = _check_int(n_knots, "n_knots", minimum=3)
+        linear_weight = float(linear_weight)
+        if not 0.0 <= linear_weight <= 1.0:
+            raise LssError(f"linear_weight must be in [0, 1], got {linear_weight!r}")
+        self.linear_weight = linear_weight
         torch_dtype = parse_dtype(dtype)
         d, c = self.n_dim, self.n_components
         self.net = make_mlp(d, self.hidden, c * (1 + 2 * d), self.activation).to(torch_dtype)
@@ -218,6 +299,11 @@ class MDNPropagator(nn.Module):
         self.register_buffer("data_min", torch.zeros(d, dtype=torch_dtype))
         self.register_buffer("data_max", torch.ones(d, dtype=torch_dtype))
         self.register_buffer("norm_fitted", torch.tensor(False))
+        if self.transform == "quantile":
+            # knots (x_k, z_k) of the monotone piecewise-linear map, identity until fitted
+            z = torch.linspace(-4.0, 4.0, self.n_knots, dtype=torch_dtype).unsqueeze(1).repeat(1, d)
+            self.register_buffer("knots_z", z.contiguous())
+            self.register_buffer("knots_x", z.clone())
 
     # -- normalisation -------------------------------------------------------
     def _ref(self) -> torch.Tensor:
@@ -247,6 +333,7 @@ class MDNPropagator(nn.Module):
         else:
             chunks = iter([data])
         count, total, total_sq = 0, np.zeros(self.n_dim), np.zeros(self.n_dim)
+        kept: list[np.ndarray] = []  # the frames, for the quantile transform
         lo, hi = np.full(self.n_dim, np.inf), np.full(self.n_dim, -np.inf)
         shift_guess = None
         for chunk in chunks:
@@ -266,6 +353,8 @@ class MDNPropagator(nn.Module):
             total += xs.sum(axis=0)
             total_sq += np.square(xs).sum(axis=0)
             lo, hi = np.minimum(lo, x.min(axis=0)), np.maximum(hi, x.max(axis=0))
+            if self.transform == "quantile":
+                kept.append(x)
         if count < 2:
             raise LssError("need at least two frames to fit the normalisation")
         mean_s = total / count
@@ -280,14 +369,28 @@ class MDNPropagator(nn.Module):
             for name, value in (("norm_shift", shift), ("norm_scale", scale), ("data_min", lo), ("data_max", hi)):
                 buf = getattr(self, name)
                 buf.copy_(torch.as_tensor(value, dtype=buf.dtype))
+            if self.transform == "quantile":
+                knots_x, knots_z = quantile_knots(np.concatenate(kept), self.n_knots, self.linear_weight)
+                self.knots_x.copy_(torch.as_tensor(knots_x, dtype=self.knots_x.dtype))
+                self.knots_z.copy_(torch.as_tensor(knots_z, dtype=self.knots_z.dtype))
             self.norm_fitted.fill_(True)
         return self
 
     def _to_internal(self, x: torch.Tensor) -> torch.Tensor:
+        if self.transform == "quantile":
+            return _piecewise_linear(x, self.knots_x, self.knots_z)
         return (x - self.norm_shift) / self.norm_scale
 
     def _from_internal(self, z: torch.Tensor) -> torch.Tensor:
+        if self.transform == "quantile":
+            return _piecewise_linear(z, self.knots_z, self.knots_x)
         return z * self.norm_scale + self.norm_shift
+
+    def _log_jacobian(self, x: torch.Tensor) -> torch.Tensor:
+        r"""``(N,)`` :math:`\log\lvert\det \partial z / \partial\psi\rvert` at ``x`` (original units)."""
+        if self.transform == "quantile":
+            return torch.log(_piecewise_linear(x, self.knots_x, self.knots_z, slope=True)).sum(-1)
+        return -torch.log(self.norm_scale).sum().expand(x.shape[0])
 
     # -- the mixture -----------------------------------------------------------
     def _raw(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -316,6 +419,9 @@ class MDNPropagator(nn.Module):
             ``(N, C, D)`` :math:`\sigma_{cd}` of :math:`\psi_{t+\tau}` (for
             ``bounded=True`` those of the unclipped mixture).
         """
+        if self.transform != "standard":
+            raise LssError("with transform='quantile' the mixture is Gaussian in the transformed coordinates "
+                           "only: use log_prob, conditional_moments or propagate")
         log_w, means, log_stds = self._raw(self._to_internal(as_input(x, self._ref())))
         return log_w, self._from_internal(means), torch.exp(log_stds) * self.norm_scale
 
@@ -324,17 +430,24 @@ class MDNPropagator(nn.Module):
         ref = self._ref()
         x0, xt = as_input(x0, ref), as_input(xt, ref)
         log_w, means, log_stds = self._raw(self._to_internal(x0))
-        return mixture_log_prob(self._to_internal(xt), log_w, means, log_stds) - torch.log(self.norm_scale).sum()
+        return mixture_log_prob(self._to_internal(xt), log_w, means, log_stds) + self._log_jacobian(xt)
 
-    def conditional_moments(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
+    def conditional_moments(self, x: Any, n_samples: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         r"""Mean and variance of :math:`\psi_{t+\tau}` given :math:`\psi_t = x`, per coordinate.
 
         .. math:: \mathrm E = \sum_c \alpha_c \mu_c, \qquad
                   \mathrm{Var} = \sum_c \alpha_c (\sigma_c^2 + \mu_c^2) - \mathrm E^2
 
-        (of the unclipped mixture for ``bounded=True``).  Returns two
-        ``(N, D)`` float64 arrays.
+        (of the unclipped mixture for ``bounded=True``).  With
+        ``transform="quantile"`` the moments are Monte Carlo estimates from
+        ``n_samples`` draws per point (seeded).  Returns two ``(N, D)``
+        float64 arrays.
         """
+        if self.transform != "standard":
+            x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+            draws = self.propagate(np.repeat(x, n_samples, axis=0), 1, seed=seed)[:, -1]
+            draws = draws.reshape(len(x), n_samples, self.n_dim).astype(np.float64)
+            return draws.mean(1), draws.var(1)
         with evaluating(self):
             log_w, means, stds = self(x)
         w = torch.exp(log_w).to(torch.float64).unsqueeze(-1)
@@ -380,6 +493,9 @@ class MDNPropagator(nn.Module):
             "bounded": self.bounded,
             "min_std": self.min_std,
             "dtype": dtype_name(self._ref().dtype),
+            "transform": self.transform,
+            "n_knots": self.n_knots,
+            "linear_weight": self.linear_weight,
         }
 
     @classmethod
@@ -479,7 +595,8 @@ class MDNPropagator(nn.Module):
         return float(at.mean()) if at.size else 0.0
 
     def extra_repr(self) -> str:
-        return f"n_dim={self.n_dim}, n_components={self.n_components}, bounded={self.bounded}, min_std={self.min_std:g}"
+        return (f"n_dim={self.n_dim}, n_components={self.n_components}, bounded={self.bounded}, "
+                f"min_std={self.min_std:g}, transform={self.transform!r}")
 
 
 class MDNSampler:
@@ -687,7 +804,10 @@ class MDNSampler:
                         f"the synthetic trajectory became NaN or Inf at step {self.steps_done + bad + 1}: "
                         "the propagator diverges there (start outside the training data, or an unconverged model)"
                     )
-                traj.mul_(model.norm_scale).add_(model.norm_shift)
+                if model.transform == "standard":
+                    traj.mul_(model.norm_scale).add_(model.norm_shift)
+                else:
+                    traj = model._from_internal(traj.view(-1, d)).view(shape)
                 out[...] = traj.cpu().numpy()
         finally:
             model.train(was_training)
