@@ -34,10 +34,10 @@ MANIFEST = "model.json"
 
 def _registry() -> dict[str, Callable[[dict], Any]]:
     """Network types a bundle may name, mapped to their ``from_config``."""
-    from .models import SRV, LSTMLanguageModel, MDNPropagator, VAMPNet
+    from .models import SRV, CWGANDecoder, LSTMLanguageModel, MDNPropagator, VAMPNet
 
     return {"vampnet": VAMPNet.from_config, "srv": SRV.from_config, "lstm": LSTMLanguageModel.from_config,
-            "mdn": MDNPropagator.from_config}
+            "mdn": MDNPropagator.from_config, "cwgan": CWGANDecoder.from_config}
 
 
 def _model_type(model: Any) -> str:

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .errors import LssError
 from .units import format_time_ps, parse_time_ps
@@ -81,13 +81,17 @@ def _build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     tr = sub.add_parser(
-        "train", help="train models on stores (stage: encoder)",
-        description="Train an encoder (SRV or VAMPNet) on trajectory stores and write a model directory with "
-                    "model.json, weights (safetensors), metrics.json and PNG figures (implied timescales, "
-                    "CK test, FES). Run again with the same arguments to resume an interrupted training.")
+        "train", help="train a latent space simulator on stores (encoder, propagator, decoder)",
+        description="Train the stages of a latent space simulator on trajectory stores: an encoder (SRV, or a "
+                    "VAMPNet for kinetic analysis), a latent propagator (MDN, or an LSTM language model) and a "
+                    "cWGAN decoder back to the saved atoms. Writes a model directory with model.json, weights "
+                    "(safetensors), metrics.json and PNG figures (implied timescales, CK test, FES); with all "
+                    "three stages, a validation report in MODEL_DIR/validation (FES and autocorrelations of MD "
+                    "vs LSS, decoded structure quality). Run again with the same arguments to resume.")
     tr.add_argument("stores", nargs="+", metavar="STORE", help="trajectory stores (paths or glob patterns)")
-    tr.add_argument("--stages", default="encoder", help="comma-separated stages: encoder, propagator "
-                                                       "(propagator alone adds one to an existing --out model)")
+    tr.add_argument("--stages", default="encoder,propagator,decoder",
+                    help="comma-separated stages: encoder, propagator, decoder; later stages alone add to an "
+                         "existing --out model (default: %(default)s)")
     tr.add_argument("--encoder", choices=["srv", "vampnet"], default="srv", help="encoder type (default: %(default)s)")
     tr.add_argument("--lag", default="10ps", help="lag time, e.g. 10ps, or frames as '25frames' (default: %(default)s)")
     tr.add_argument("--dim", default="2", help="SRV latent dimension ('auto': largest timescale gap) or VAMPNet "
@@ -113,8 +117,46 @@ def _build_parser() -> argparse.ArgumentParser:
                          "coordinates with sharp edges and gaps) or standard scores (default: %(default)s)")
     tr.add_argument("--labels", type=int, default=32, help="LSTM: number of bins/labels (default: %(default)s)")
     tr.add_argument("--propagator-epochs", type=int, default=100, help="propagator epochs (default: %(default)s)")
+    tr.add_argument("--decoder-epochs", type=int, default=25, help="decoder (cWGAN) epochs (default: %(default)s)")
+    tr.add_argument("--decoder-stride", type=int, default=1,
+                    help="train the decoder on every n-th frame (default: %(default)s)")
+    tr.add_argument("--no-validation", action="store_true", help="skip the MD-vs-LSS validation report")
     tr.add_argument("--out", required=True, metavar="MODEL_DIR", help="output model directory")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    gen = sub.add_parser(
+        "generate", help="generate synthetic trajectories with a trained latent space simulator",
+        description="Run a latent space simulator: propagate in the latent space, decode to structures and write "
+                    "them with OpenMM's own reporters (.dcd, .xtc, .pdb; a PDB topology is written beside) or "
+                    "as zarr stores (.zarr, with the latent coordinates). Several walkers give one file each: "
+                    "OUT_0.dcd, OUT_1.dcd, ... Streams in chunks: memory does not grow with the length.")
+    gen.add_argument("model", metavar="MODEL_DIR")
+    glen = gen.add_mutually_exclusive_group(required=True)
+    glen.add_argument("--ns", type=float, help="simulated time per walker in ns")
+    glen.add_argument("--steps", type=int, help="propagator steps (each one lag time) per walker")
+    gen.add_argument("--walkers", type=int, default=1, help="independent walkers (default: %(default)s)")
+    gen.add_argument("--out", required=True, metavar="FILE", help="output trajectory: .dcd, .xtc, .pdb or .zarr")
+    gen.add_argument("--report-interval", type=int, default=1, metavar="STEPS",
+                     help="propagator steps between written frames (default: %(default)s)")
+    gen.add_argument("--start", default=None, metavar="STORE[:FRAME]|PDB",
+                     help="start from a frame of a store or from a PDB of the whole system (default: points "
+                          "drawn from the training data)")
+    gen.add_argument("--seed", type=int, default=None, help="random seed")
+    gen.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    gen.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    demo = sub.add_parser(
+        "demo", help="simulate alanine dipeptide, train a simulator, generate and report (about 10 min)",
+        description="The whole latent space simulator on alanine dipeptide in vacuum at 450 K: MD with lss "
+                    "simulate (--ns), lss train (SRV, MDN, cWGAN), lss generate (--generate-ns per walker), "
+                    "and a report of MD vs LSS in OUT/model/validation.")
+    demo.add_argument("--out", default="runs/demo", metavar="DIR", help="working directory (default: %(default)s)")
+    demo.add_argument("--ns", type=float, default=20.0, help="MD for training, ns (default: %(default)s)")
+    demo.add_argument("--generate-ns", type=float, default=100.0,
+                      help="synthetic time per walker, ns (default: %(default)s)")
+    demo.add_argument("--walkers", type=int, default=2, help="synthetic walkers (default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=1, help="random seed (default: %(default)s)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     sl = sub.add_parser("sample-latent", help="generate synthetic latent trajectories with a model's propagator",
                         description="Run the propagator of a trained model: one observables-only store per "
@@ -312,20 +354,21 @@ def _positive_int(text: str, option: str) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .pipeline import EncoderSettings, PropagatorSettings, train_encoder, train_propagator
+    from .pipeline import (DecoderSettings, EncoderSettings, PropagatorSettings, train_decoder, train_encoder,
+                           train_propagator, validate_simulator)
 
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    unknown = sorted(set(stages) - {"encoder", "propagator"})
+    unknown = sorted(set(stages) - {"encoder", "propagator", "decoder"})
     if unknown or not stages:
-        raise LssError(f"unknown stage(s) {', '.join(unknown) or '(none)'}; this version trains: encoder, propagator")
+        raise LssError(f"unknown stage(s) {', '.join(unknown) or '(none)'}; stages are: encoder, propagator, decoder")
+    progress = not args.no_progress
     if "encoder" in stages:
         dim = None if args.dim == "auto" else _positive_int(args.dim, "--dim")
         hidden = None if args.hidden is None else [_positive_int(h, "--hidden") for h in args.hidden.split(",")]
         settings = EncoderSettings(kind=args.encoder, lag=args.lag, dim=dim, hidden=hidden, epochs=args.epochs,
                                    pretrain_epochs=args.pretrain_epochs, batch_size=args.batch_size, lr=args.lr,
                                    restarts=args.restarts, patience=args.patience, seed=args.seed,
-                                   val_fraction=args.val_fraction, device=args.device,
-                                   progress=not args.no_progress)
+                                   val_fraction=args.val_fraction, device=args.device, progress=progress)
         encoder = train_encoder(args.stores, settings, args.out)
         timescales = encoder.extra.get("implied_timescales_ps") or []
         shown = ", ".join(format_time_ps(t) for t in timescales[:3] if t is not None and math.isfinite(t))
@@ -334,12 +377,116 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"(figures and metrics.json there)")
     if "propagator" in stages:
         settings = PropagatorSettings(kind=args.propagator, lag=args.propagator_lag, n_components=args.components,
-                                      transform=args.mdn_transform, n_labels=args.labels, epochs=args.propagator_epochs, seed=args.seed,
-                                      val_fraction=args.val_fraction, device=args.device,
-                                      progress=not args.no_progress)
+                                      transform=args.mdn_transform, n_labels=args.labels,
+                                      epochs=args.propagator_epochs, seed=args.seed, val_fraction=args.val_fraction,
+                                      device=args.device, progress=progress)
         meta = train_propagator(args.out, args.stores, settings)
         print(f"lss train: {meta['kind']} propagator at lag {format_time_ps(meta['lag_ps'])}, validation score "
               f"{meta['validation_score']:.4f} -> {args.out}")
+    if "decoder" in stages:
+        settings = DecoderSettings(epochs=args.decoder_epochs, stride=args.decoder_stride, seed=args.seed,
+                                   val_fraction=args.val_fraction, device=args.device, progress=progress)
+        meta = train_decoder(args.out, args.stores, settings)
+        print(f"lss train: cWGAN decoder of {len(meta['atom_indices'])} atoms, structure score "
+              f"{meta['validation_score']:.4g} -> {args.out}")
+    if "decoder" in stages and not args.no_validation:
+        metrics = validate_simulator(args.out, args.stores)
+        print(_validation_summary(metrics, Path(args.out) / "validation"))
+    return 0
+
+
+def _validation_summary(metrics: dict, where: Path) -> str:
+    st = metrics["structures"]
+    tau = metrics["relaxation_times_ps"]
+    parts = [f"FES(ψ1) RMSE {metrics['fes_psi1_rmse_kT']:.2f} kT",
+             "relaxation ψ1 MD {:.4g} / LSS {:.4g} ps".format(tau["md"][0], tau["lss"][0])]
+    if "bond_mae_nm" in st:
+        parts.append(f"bond MAE {st['bond_mae_nm']:.4f} nm")
+    parts.append(f"Rg {st['rg_mean_nm']:.3f} vs MD {st['reference_rg_mean_nm']:.3f} nm")
+    if "ramachandran_js" in st:
+        parts.append(f"Ramachandran JS {st['ramachandran_js']:.3f}")
+    return f"lss train: validation (MD vs LSS): {'; '.join(parts)}; figures and metrics.json in {where}"
+
+
+def _parse_start(text: str | None) -> Any:
+    if text is None:
+        return None
+    path = Path(text)
+    if path.suffix.lower() == ".pdb":
+        import numpy as np
+        from openmm import unit
+        from openmm.app import PDBFile
+
+        pdb = PDBFile(str(path))
+        return np.asarray(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+    store, _, frame = text.rpartition(":") if ":" in text and not Path(text).exists() else (text, "", "0")
+    try:
+        return (store, int(frame or 0))
+    except ValueError:
+        raise LssError(f"--start must be STORE[:FRAME] or a PDB file, got {text!r}") from None
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import time
+
+    from .simulator import LatentSpaceSimulator
+
+    sim = LatentSpaceSimulator.load(args.model)
+    n_steps = args.steps if args.steps is not None else int(round(args.ns * 1000.0 / sim.lag_ps))
+    if n_steps < 1:
+        raise LssError(f"--ns {args.ns} is shorter than one lag time ({format_time_ps(sim.lag_ps)})")
+    t0 = time.perf_counter()
+    paths = sim.generate(n_steps, args.walkers, args.out, start=_parse_start(args.start), seed=args.seed,
+                         report_interval=args.report_interval, overwrite=args.overwrite,
+                         progress=not args.no_progress)
+    wall = time.perf_counter() - t0
+    frames = args.walkers * (n_steps // args.report_interval)
+    simulated_ns = args.walkers * n_steps * sim.lag_ps / 1000.0
+    print(f"lss generate: {args.walkers} × {format_time_ps(n_steps * sim.lag_ps)} ({frames} frames) in {wall:.1f} s "
+          f"({frames / wall:,.0f} frames/s, {simulated_ns / wall:,.3g} ns per second) -> "
+          f"{', '.join(str(p) for p in paths[:3])}{' ...' if len(paths) > 3 else ''}")
+    return 0
+
+
+#: what ``lss demo`` runs (documented in the README): alanine dipeptide in vacuum at 450 K
+DEMO_SIMULATE = ["--system", "alanine-dipeptide", "--temperature", "450", "--report-interval", "1ps",
+                 "--features", "backbone-torsions,heavy-atom-distances", "--save-atoms", "heavy",
+                 "--equilibrate", "100ps"]
+DEMO_TRAIN = ["--lag", "10ps", "--dim", "2", "--epochs", "30", "--restarts", "1", "--components", "24",
+              "--propagator-epochs", "40", "--decoder-epochs", "15", "--decoder-stride", "2"]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """MD → train → generate → report, each step an ordinary ``lss`` command (printed as it runs)."""
+    from .store import open_store
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    store, model = out / "md.zarr", out / "model"
+    quiet = ["--no-progress"] if args.no_progress else []
+    md_steps = int(round(args.ns * 1000 / 0.002))
+    have = None
+    if store.exists():
+        try:
+            have = open_store(store)
+        except LssError:
+            have = None
+    commands: list[list[str]] = []
+    if have is None or len(have) < md_steps // 500:
+        commands.append(["simulate", *DEMO_SIMULATE, "--ns", f"{args.ns:g}", "--seed", str(args.seed),
+                         "--out", str(store), "--overwrite", *quiet])
+    commands.append(["train", str(store), "--out", str(model), *DEMO_TRAIN, "--seed", str(args.seed), *quiet])
+    commands.append(["generate", str(model), "--ns", f"{args.generate_ns:g}", "--walkers", str(args.walkers),
+                     "--out", str(out / "synth.dcd"), "--seed", str(args.seed), "--overwrite", *quiet])
+    t0 = time.perf_counter()
+    for command in commands:
+        print("$ lss " + " ".join(command), flush=True)
+        status = main(command)
+        if status:
+            return status
+    print(f"lss demo: done in {time.perf_counter() - t0:.0f} s. MD store {store}; model and training figures "
+          f"{model}; MD-vs-LSS report {model / 'validation'} (fes_md_vs_lss.png, autocorrelation.png, "
+          f"metrics.json); synthetic trajectories {out}/synth_*.dcd with {out}/synth_topology.pdb")
     return 0
 
 
@@ -364,8 +511,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"simulate": cmd_simulate, "train": cmd_train, "analyze": cmd_analyze,
-             "sample-latent": cmd_sample_latent, "info": cmd_info}
+_COMMANDS = {"simulate": cmd_simulate, "train": cmd_train, "analyze": cmd_analyze, "generate": cmd_generate,
+             "demo": cmd_demo, "sample-latent": cmd_sample_latent, "info": cmd_info}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -61,6 +61,17 @@ def _open(stores: Sequence[Any]) -> list:
     return opened + (open_stores(paths) if paths else [])
 
 
+def _model_and_stores(model_dir: str | os.PathLike, stores: Sequence[Any]) -> tuple[Path, ModelBundle, Encoder, list]:
+    """The model directory's bundle and encoder, and the opened stores (checked against the encoder)."""
+    model_dir = Path(model_dir)
+    bundle = ModelBundle.load(model_dir)
+    encoder = Encoder.from_bundle(bundle)
+    stores = _open(stores)
+    for store in stores:
+        encoder.matches(store)
+    return model_dir, bundle, encoder, stores
+
+
 def _factory(settings: EncoderSettings, n_features: int, score_method: str = "VAMP2"):
     from .models import SRV, VAMPNet
 
@@ -141,7 +152,11 @@ def _jsonable(obj: Any) -> Any:
         return {k: _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None  # JSON has no NaN
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (str, int, bool)) or obj is None:
         return obj
     return str(obj)
 
@@ -299,12 +314,7 @@ def train_propagator(model_dir: str | os.PathLike, stores: Sequence[Any], settin
     from .units import lag_to_frames
 
     settings.validate()
-    model_dir = Path(model_dir)
-    bundle = ModelBundle.load(model_dir)
-    encoder = Encoder.from_bundle(bundle)
-    stores = _open(stores)
-    for store in stores:
-        encoder.matches(store)
+    model_dir, bundle, encoder, stores = _model_and_stores(model_dir, stores)
     dt = encoder.frame_interval_ps
     lag = encoder.lag_frames if settings.lag is None else lag_to_frames(settings.lag, dt)
     latent = _latent_trajectories(encoder, stores)
@@ -403,3 +413,136 @@ def _lstm_to_stores(model, meta: dict, start_labels: np.ndarray, n_steps: int, o
         writer.commit()
         paths.append(path)
     return paths
+
+
+@dataclass
+class DecoderSettings:
+    """Choices of :func:`train_decoder`: a conditional WGAN-GP decoder ψ → positions of the saved atoms.
+
+    The LSS paper's generator and critic have three hidden layers of 200
+    (Swish), 50 noise dimensions, gradient-penalty weight 10 and several
+    critic steps per generator step.  ``stride`` thins the training frames
+    (adjacent 1-ps frames are nearly copies of each other).
+    """
+
+    hidden: Sequence[int] = (200, 200, 200)
+    noise_dim: int = 50
+    n_critic: int = 5
+    epochs: int = 25
+    batch_size: int = 128
+    lr: float = 5e-4
+    patience: int | None = 10
+    lr_patience: int = 4  # halve the learning rate after this many epochs without a better structure score
+    stride: int = 1
+    seed: int = 0
+    val_fraction: float = 0.2
+    device: str = "auto"
+    progress: bool = True
+
+
+def train_decoder(model_dir: str | os.PathLike, stores: Sequence[Any], settings: DecoderSettings) -> dict:
+    """Train the cWGAN decoder on (ψ(x), aligned x) pairs of the stores and add it to the bundle.
+
+    The decoded atoms are the atoms the stores save (``lss simulate
+    --save-atoms``); their topology travels in the bundle as PDB text.
+    Returns the stage metadata written to ``model.json``.
+    """
+    from .decoder_data import DecoderDataset
+    from .models import CWGANDecoder
+    from .train import TrainConfig, fit, save_history
+
+    model_dir, bundle, encoder, stores = _model_and_stores(model_dir, stores)
+    for store in stores:
+        if not store.topology_pdb or len(store.atom_indices) == 0:
+            raise LssError(f"{store.path} saves no positions; the decoder needs them (lss simulate --save-atoms)")
+    atoms = [list(map(int, s.atom_indices)) for s in stores]
+    if any(a != atoms[0] for a in atoms):
+        raise LssError("the stores save different atoms; a decoder needs the same atoms in every store")
+    stride = max(1, int(settings.stride))
+    latent = np.concatenate([encoder.latent(s.features(stride=stride)) for s in stores]).astype(np.float32)
+    positions = np.concatenate([s.positions(stride=stride) for s in stores]).astype(np.float32)
+    data = DecoderDataset(latent, positions)
+    train, val = data.split(settings.val_fraction, seed=settings.seed)
+    n_latent, n_atoms = latent.shape[1], positions.shape[1]
+
+    def factory(seed: int) -> CWGANDecoder:
+        return CWGANDecoder(n_latent, n_atoms, noise_dim=settings.noise_dim, hidden=tuple(settings.hidden),
+                            n_critic=settings.n_critic).fit_normalization(train)
+
+    config = TrainConfig(epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size,
+                         patience=settings.patience, lr_patience=settings.lr_patience, seed=settings.seed,
+                         device=settings.device, progress=settings.progress)
+    result = fit(factory, train, val, config, checkpoint_dir=model_dir / "checkpoints", stage="decoder")
+    meta = {"topology_pdb": stores[0].topology_pdb, "atom_indices": atoms[0],
+            "temperature_K": stores[0].temperature_K, "frames": int(len(latent)), "stride": stride,
+            "validation_score": result.best_score, "best_epoch": result.best_epoch,
+            "settings": _jsonable(asdict(settings))}
+    bundle.add("decoder", result.model, **meta)
+    bundle.save(model_dir)
+    save_history(result, model_dir / "history_decoder.json")
+    return meta
+
+
+def validate_simulator(model_dir: str | os.PathLike, stores: Sequence[Any], out: str | os.PathLike | None = None, *,
+                       n_walkers: int = 4, max_steps: int = 50_000, seed: int = 0) -> dict:
+    """Compare a trained simulator with the MD it learned from; PNG figures and ``metrics.json`` in ``out``.
+
+    The simulator runs ``n_walkers`` walkers, together as long as the MD in
+    lag steps (at most ``max_steps`` each), from the training data's latent
+    points.  Compared with MD: the free-energy profile along ψ1 (RMSE over
+    bins with ≥ 10 MD frames, and over all shared bins), the autocorrelation
+    (relaxation) times of each ψ (MD at the propagator's step), and the
+    decoded structures (bond lengths, radius of gyration, pair distances and,
+    when the atoms hold φ/ψ torsions, the Jensen-Shannon distance of the
+    Ramachandran histograms; :func:`lss_engine.structure.compare_structures`).
+    """
+    from . import kinetics
+    from .kinetics import plots
+    from .simulator import LatentSpaceSimulator
+    from .structure import compare_structures
+
+    model_dir = Path(model_dir)
+    out = model_dir / "validation" if out is None else Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sim = LatentSpaceSimulator.load(model_dir)
+    stores = _open(stores)
+    lag = int(round(sim.lag_ps / sim.encoder.frame_interval_ps))
+    psi_md = [sim.encoder.latent(s.features()).astype(np.float64) for s in stores]
+    md_frames = sum(len(p) for p in psi_md)
+    n_steps = int(min(max_steps, max(10, md_frames // lag // n_walkers)))
+    latent = sim.propagate(sim.start_latent(None, n_walkers, seed=seed), n_steps, seed=seed)
+    psi_lss = [np.asarray(z, dtype=np.float64) for z in latent]
+    metrics: dict[str, Any] = {"md_frames": md_frames, "lss_walkers": n_walkers, "lss_steps": n_steps,
+                               "lag_ps": sim.lag_ps, "figures": []}
+    # free energy along psi1
+    pooled_md = np.concatenate(psi_md)[:, 0]
+    pooled_lss = np.concatenate(psi_lss)[:, 0]
+    lo, hi = min(pooled_md.min(), pooled_lss.min()), max(pooled_md.max(), pooled_lss.max())
+    f_md = kinetics.free_energy_1d([p[:, 0] for p in psi_md], bins=50, range=(lo, hi))
+    f_lss = kinetics.free_energy_1d([p[:, 0] for p in psi_lss], bins=50, range=(lo, hi))
+    populated = np.histogram(pooled_md, bins=50, range=(lo, hi))[0] >= 10
+    metrics["fes_psi1_rmse_kT"] = float(kinetics.fes_rmse(f_md, f_lss, populated))
+    metrics["fes_psi1_rmse_kT_all_shared_bins"] = float(kinetics.fes_rmse(f_md, f_lss))
+    plots.save_figure(plots.plot_free_energy([f_md, f_lss], labels=["MD", "LSS"], xlabel="ψ1"), out / "fes_md_vs_lss.png")
+    metrics["figures"].append("fes_md_vs_lss.png")
+    # relaxation times of each psi, MD at the propagator's step
+    md_at_lag = [p[offset::lag] for p in psi_md for offset in range(0, lag, max(1, lag // 4))]
+    max_lag = max(2, min(min(len(m) for m in md_at_lag), n_steps) // 10)
+    r_md = kinetics.relaxation_times(md_at_lag, dt=sim.lag_ps, max_lag=max_lag)
+    r_lss = kinetics.relaxation_times(psi_lss, dt=sim.lag_ps, max_lag=max_lag)
+    metrics["relaxation_times_ps"] = {
+        "md": np.asarray(r_md.tau_fit).tolist(), "md_se": np.asarray(r_md.tau_fit_errors).tolist(),
+        "lss": np.asarray(r_lss.tau_fit).tolist(), "lss_se": np.asarray(r_lss.tau_fit_errors).tolist()}
+    plots.save_figure(plots.plot_autocorrelation([r_md, r_lss], labels=["MD", "LSS"]), out / "autocorrelation.png")
+    metrics["figures"].append("autocorrelation.png")
+    # decoded structures at the synthetic latent points vs MD frames
+    rng = np.random.default_rng(seed)
+    pool = np.concatenate(psi_lss)
+    n_struct = min(5000, md_frames, len(pool))
+    md_xyz = np.concatenate([s.positions() for s in stores])
+    md_xyz = md_xyz[np.sort(rng.choice(len(md_xyz), n_struct, replace=False))]
+    decoded = sim.decode(pool[rng.choice(len(pool), n_struct, replace=False)].astype(np.float32), seed=seed)
+    metrics["structures"] = compare_structures(decoded, md_xyz, sim.mdtraj_topology)
+    write_json_atomic(out / "metrics.json", _jsonable(metrics))
+    return metrics
+

@@ -84,7 +84,7 @@ def test_lss_train_and_analyze_commands(tmp_path, capsys):
     "argv, message",
     [
         (["train", "nostore.zarr", "--out", "m"], "not an lss_engine trajectory store"),
-        (["train", "x.zarr", "--stages", "encoder,decoder", "--out", "m"], "unknown stage"),
+        (["train", "x.zarr", "--stages", "encoder,bias", "--out", "m"], "unknown stage"),
         (["train", "x.zarr", "--encoder", "pca", "--out", "m"], "invalid choice"),
         (["analyze", "nomodel", "x.zarr"], "not an lss_engine model directory"),
     ],

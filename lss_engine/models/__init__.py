@@ -3,8 +3,11 @@
 * :mod:`~lss_engine.models.vamp` - VAMP covariances, Koopman matrices and scores (torch);
 * :class:`VAMPNet` - softmax VAMPnet (fuzzy MSM) and its :class:`KoopmanModel`;
 * :class:`SRV` - state-free reversible VAMPnet with whitened, ordered eigenfunctions;
+* :class:`MDNPropagator` - mixture density network propagator of the LSS;
+* :class:`CWGANDecoder` - conditional WGAN-GP decoder latent -> aligned structures;
 * :func:`make_mlp` - the fully connected lobe they share.
 """
+from .cwgan import CWGANDecoder
 from .lstm import LSTMLanguageModel, embedding_transition_matrix, kinetic_distance
 from .mdn import MDNPropagator
 from .mlp import make_mlp
@@ -22,6 +25,7 @@ from .vampnet import KoopmanModel, VAMPNet, koopman_model_from_memberships
 
 __all__ = [
     "MDNPropagator",
+    "CWGANDecoder",
     "LSTMLanguageModel", "kinetic_distance", "embedding_transition_matrix",
     "VAMPNet",
     "SRV",

@@ -172,16 +172,18 @@ def quantile_knots(x: np.ndarray, n_knots: int, linear_weight: float = 0.0) -> t
     The knots are the empirical quantiles :math:`x_{kd}` at ``n_knots``
     equally spaced levels :math:`p_k \in [0, 1]` (minimum and maximum
     included), with the levels kept in :math:`[\tfrac{1}{2N}, 1 -
-    \tfrac{1}{2N}]` for :math:`\Phi^{-1}`.  Equal quantiles (ties) are
-    spread by a relative :math:`10^{-9}` of the range so the map stays
-    strictly increasing.  Returns ``(K, D)`` ``x`` and ``z`` knots.
+    \tfrac{1}{2N}]` for :math:`\Phi^{-1}`.  Knots closer than
+    :math:`10^{-6}` of the data's scale (ties) are spread apart so the map
+    stays strictly increasing, also in float32.  Returns ``(K, D)`` ``x`` and ``z`` knots.
     """
     from scipy.special import ndtri
 
     n = len(x)
     levels = np.linspace(0.0, 1.0, n_knots)[:, None]
     knots_x = np.quantile(x, levels[:, 0], axis=0)  # (K, D)
-    step = 1e-9 * np.maximum(knots_x[-1] - knots_x[0], 1e-12) * np.arange(n_knots)[:, None]
+    # at least 1e-6 of the scale between knots, so segments keep a width in float32 too
+    scale = np.maximum(knots_x[-1] - knots_x[0], np.abs(knots_x).max(axis=0))
+    step = 1e-6 * np.maximum(scale, 1e-12) * np.arange(n_knots)[:, None]
     knots_x = np.maximum.accumulate(knots_x - step, axis=0) + step
     gauss = ndtri(np.clip(levels, 0.5 / n, 1.0 - 0.5 / n))
     standard = (knots_x - x.mean(axis=0)) / x.std(axis=0)

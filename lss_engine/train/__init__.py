@@ -1,7 +1,9 @@
 """The one training loop of lss_engine, used by every model.
 
 Models implement :class:`Trainable` (``training_loss``, ``validation_score``,
-``config``); :func:`fit` trains them with Adam, early stopping, learning-rate
+``config``; GANs ``configure_optimizers`` and ``training_step`` instead of
+``training_loss``); :func:`fit` trains them with Adam (or the model's own
+optimisers), early stopping, learning-rate
 reduction on plateau, restarts with different seeds, recovery from NaN/Inf,
 a progress bar and resumable checkpoints::
 

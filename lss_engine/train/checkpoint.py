@@ -11,7 +11,11 @@ A checkpoint directory (``<checkpoint_dir>/<stage>/``) holds
     Every tensor: the current model (``model/...``), the current restart's
     best weights (``best/...``), the best weights over completed restarts
     (``overall/...``), the optimiser's tensors (``optim/<param>/<key>``) and
-    the RNG states (``rng/cpu``, ``rng/batches``, ``rng/cuda``).
+    the RNG states (``rng/cpu``, ``rng/batches``, ``rng/cuda``).  A model with
+    several optimisers (``configure_optimizers``, e.g. a GAN's critic and
+    generator) has each one's tensors under ``optim.<name>/...`` and its
+    metadata in the record's ``optimizers`` (the single default optimiser
+    keeps ``optim/...`` and ``optimizer``).
 ``history.json``
     Written when the run is complete (see :func:`~lss_engine.train.save_history`).
 
@@ -131,14 +135,16 @@ def unprefixed(prefix: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, to
     return {k[len(start):]: v for k, v in tensors.items() if k.startswith(start)}
 
 
-def flatten_optimizer(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimiser ``state_dict`` into tensors and JSON-serialisable metadata."""
+def flatten_optimizer(
+    state: Mapping[str, Any], prefix: str = "optim"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimiser ``state_dict`` into tensors (``<prefix>/<param>/<key>``) and JSON-serialisable metadata."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for pid, entry in state["state"].items():
         for key, value in entry.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"optim/{pid}/{key}"] = value.detach().to("cpu", copy=True).contiguous()
+                tensors[f"{prefix}/{pid}/{key}"] = value.detach().to("cpu", copy=True).contiguous()
             else:
                 scalars.setdefault(str(pid), {})[key] = value
     groups = []
@@ -152,12 +158,14 @@ def flatten_optimizer(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor]
     return tensors, meta
 
 
-def unflatten_optimizer(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
+def unflatten_optimizer(
+    tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], prefix: str = "optim"
+) -> dict[str, Any]:
     """Inverse of :func:`flatten_optimizer`."""
     state: dict[int, dict[str, Any]] = {}
     for pid, entry in meta["scalars"].items():
         state.setdefault(int(pid), {}).update(entry)
-    for name, value in unprefixed("optim", tensors).items():
+    for name, value in unprefixed(prefix, tensors).items():
         pid, key = name.split("/", 1)
         state.setdefault(int(pid), {})[key] = value
     groups = []

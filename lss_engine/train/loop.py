@@ -31,6 +31,9 @@ Callback = Callable[[dict, nn.Module], Optional[bool]]
 _STAGE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 #: config fields that may differ when a checkpoint is resumed
 _RESUME_FREE = ("progress",)
+#: name of the loop's own Adam (models without configure_optimizers)
+_DEFAULT_OPTIMIZER = "default"
+_OPTIMIZER_NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 @runtime_checkable
@@ -48,6 +51,27 @@ class Trainable(Protocol):
     ``config()``
         JSON-serialisable constructor arguments (recorded in checkpoints and
         compared on resume).
+
+    Models trained by several optimisers (GANs: a critic and a generator)
+    implement instead of ``training_loss``
+
+    ``configure_optimizers(lr, weight_decay)``
+        A dict ``name -> torch.optim.Optimizer`` (names of letters, digits
+        and ``_``), built from the config's ``lr`` and ``weight_decay``.
+        Learning-rate changes of the loop (plateau, NaN recovery) scale every
+        group of every optimiser by the same factor; ``TrainConfig.lr`` is the
+        learning rate of the first group of the first optimiser.  All their
+        states are checkpointed and restored.
+    ``training_step(batch, optimizers)``
+        Does its own ``zero_grad``/``backward``/``step`` with the optimisers
+        of ``configure_optimizers`` (the dict ``{"default": Adam}`` when the
+        model has no ``configure_optimizers``) and returns a dict of floats
+        that holds ``"loss"`` (the epoch's ``train_loss`` is its mean); the
+        means of the other entries are the history's ``train_metrics``.  A
+        non-finite value in the dict counts as a non-finite loss.  Draw
+        random numbers from torch's global RNG (checkpointed) or keep their
+        state in buffers, so that a resumed run equals an uninterrupted one.
+        ``TrainConfig.grad_clip`` does not apply (clip inside the step).
     """
 
     def training_loss(self, batch: Any) -> torch.Tensor: ...
@@ -202,7 +226,8 @@ class TrainResult:
         of the restart) and ``stop`` (``None``, or on a restart's last record
         why it ended: ``"patience"``, ``"epochs"``, ``"callback"`` or
         ``"non_finite"`` - that record has ``train_loss`` and ``val_score``
-        ``None``).
+        ``None``).  For a model with ``training_step`` also ``train_metrics``:
+        the epoch means of the step's other entries (``None`` when it failed).
     scores
         Best validation score of each restart (NaN for a restart that gave up
         before completing an epoch).
@@ -300,6 +325,15 @@ def _json_roundtrip(obj: Any) -> Any:
     return json.loads(json.dumps(ck.jsonable(obj), default=repr))
 
 
+def _has_training_step(model: Any) -> bool:
+    return callable(getattr(model, "training_step", None))
+
+
+def _optimizer_prefix(name: str) -> str:
+    """Checkpoint tensor prefix of an optimiser: ``optim`` for the default one, ``optim.<name>`` else."""
+    return "optim" if name == _DEFAULT_OPTIMIZER else f"optim.{name}"
+
+
 def _clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -341,10 +375,11 @@ class _Trainer:
         self.initial_state, self.fingerprint = initial_state, fingerprint
         self.p = _Progress()
         self.model: nn.Module | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}  # name -> optimiser ("default": the loop's Adam)
         self.params: list[torch.nn.Parameter] = []
         self.generator: torch.Generator | None = None
-        self.optimizer_meta: dict | None = None  # optimiser metadata of a checkpoint being resumed
+        self.optimizer_meta: dict | None = None  # name -> optimiser metadata of a checkpoint being resumed
+        self.train_metrics: dict[str, float] | None = None  # of the last epoch (training_step models)
         self.best_state: dict[str, torch.Tensor] | None = None  # current restart, on the device
         self.overall_state: dict[str, torch.Tensor] | None = None  # best completed restart, CPU
         self.best_model: nn.Module | None = None  # its model object, when built in this call
@@ -360,9 +395,14 @@ class _Trainer:
         model = self.factory(seed)
         if not isinstance(model, nn.Module):
             raise LssError(f"model_factory({seed}) returned {type(model).__name__}, not a torch.nn.Module")
-        for name in ("training_loss", "validation_score"):
-            if not callable(getattr(model, name, None)):
-                raise LssError(f"{type(model).__name__} has no {name}() method (see lss_engine.train.Trainable)")
+        name = type(model).__name__
+        if not callable(getattr(model, "validation_score", None)):
+            raise LssError(f"{name} has no validation_score() method (see lss_engine.train.Trainable)")
+        if not (callable(getattr(model, "training_loss", None)) or _has_training_step(model)):
+            raise LssError(f"{name} has neither training_loss() nor training_step() (see lss_engine.train.Trainable)")
+        if _has_training_step(model) and self.config.grad_clip is not None:
+            raise LssError(f"TrainConfig.grad_clip does not apply to {name}, which steps its own optimisers "
+                           "(training_step); set grad_clip=None")
         if self.initial_state is not None:
             try:
                 model.load_state_dict(self.initial_state)
@@ -389,17 +429,38 @@ class _Trainer:
         self.params = [q for q in self.model.parameters() if q.requires_grad]
         if not self.params:
             raise LssError(f"{type(self.model).__name__} has no trainable parameters")
-        self.optimizer = torch.optim.Adam(self.params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        self.optimizers = self.make_optimizers()
         self.generator = torch.Generator().manual_seed(_batch_seed(seed))
         self.best_state = None
         if tensors is not None:
             self.load_tensors(tensors)
 
+    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The loop's Adam, or the model's ``configure_optimizers(lr, weight_decay)``."""
+        cfg, model = self.config, self.model
+        configure = getattr(model, "configure_optimizers", None)
+        if not callable(configure):
+            return {_DEFAULT_OPTIMIZER: torch.optim.Adam(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)}
+        optimizers = configure(cfg.lr, cfg.weight_decay)
+        what = f"{type(model).__name__}.configure_optimizers"
+        if not isinstance(optimizers, Mapping) or not optimizers:
+            raise LssError(f"{what} must return a non-empty dict name -> torch.optim.Optimizer")
+        for name, optimizer in optimizers.items():
+            if not (isinstance(name, str) and _OPTIMIZER_NAME_RE.match(name)):
+                raise LssError(f"{what}: optimiser names are letters, digits and '_', got {name!r}")
+            if not isinstance(optimizer, torch.optim.Optimizer):
+                raise LssError(f"{what}: {name!r} is a {type(optimizer).__name__}, not a torch.optim.Optimizer")
+        return dict(optimizers)
+
     def load_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
         model_state = ck.unprefixed("model", tensors)
         try:
             self.model.load_state_dict(model_state)
-            self.optimizer.load_state_dict(ck.unflatten_optimizer(tensors, self.optimizer_meta))
+            if set(self.optimizer_meta) != set(self.optimizers):
+                raise KeyError(f"optimisers {sorted(self.optimizer_meta)} != {sorted(self.optimizers)}")
+            for name, optimizer in self.optimizers.items():
+                prefix = _optimizer_prefix(name)
+                optimizer.load_state_dict(ck.unflatten_optimizer(tensors, self.optimizer_meta[name], prefix))
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
             raise LssError(
                 f"the checkpoint does not fit the factory's model ({_first_line(exc)}); use the same model, "
@@ -414,16 +475,22 @@ class _Trainer:
 
     # -- learning rate ------------------------------------------------------------
     def lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
+        """The learning rate of the first group of the first optimiser."""
+        return float(next(iter(self.optimizers.values())).param_groups[0]["lr"])
 
     def set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        """Set :meth:`lr` to ``lr``; other groups with other rates are scaled by the same factor."""
+        old = self.lr()
+        for optimizer in self.optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = lr if group["lr"] == old else group["lr"] * (lr / old)
 
     # -- one epoch ----------------------------------------------------------------
     def train_epoch(self) -> tuple[float | None, str | None]:
         """Mean training loss, or ``(None, what went wrong)`` at the first non-finite value."""
-        cfg, model, optimizer = self.config, self.model, self.optimizer
+        if _has_training_step(self.model):
+            return self.train_epoch_steps()
+        cfg, model, optimizer = self.config, self.model, self.optimizers[_DEFAULT_OPTIMIZER]
         model.train()
         drop_last = cfg.drop_last and len(self.train) >= cfg.batch_size
         total, count = 0.0, 0
@@ -452,6 +519,34 @@ class _Trainer:
             count += 1
         return total / count, None
 
+    def train_epoch_steps(self) -> tuple[float | None, str | None]:
+        """:meth:`train_epoch` for a model with ``training_step``; the other means go to ``train_metrics``."""
+        cfg, model = self.config, self.model
+        model.train()
+        drop_last = cfg.drop_last and len(self.train) >= cfg.batch_size
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        what = f"{type(model).__name__}.training_step"
+        for batch in self.train.batches(cfg.batch_size, shuffle=True, generator=self.generator, drop_last=drop_last):
+            batch = to_device(batch, self.device)
+            try:
+                metrics = model.training_step(batch, self.optimizers)
+            except torch.linalg.LinAlgError as exc:
+                return None, f"the training step failed ({_first_line(exc)})"
+            if not isinstance(metrics, Mapping) or "loss" not in metrics:
+                raise LssError(f"{what} must return a dict of floats with a 'loss' entry")
+            for key, value in metrics.items():
+                try:
+                    value = float(value.item() if isinstance(value, torch.Tensor) else value)
+                except (TypeError, ValueError, RuntimeError):
+                    raise LssError(f"{what} returned {key}={value!r}, not a number") from None
+                if not math.isfinite(value):
+                    return None, f"the training step's {key} is {value}"
+                sums[str(key)] = sums.get(str(key), 0.0) + value
+                counts[str(key)] = counts.get(str(key), 0) + 1
+        self.train_metrics = {k: sums[k] / counts[k] for k in sums if k != "loss"}
+        return sums["loss"] / counts["loss"], None
+
     def validate(self) -> tuple[float | None, str | None]:
         """The validation score, or ``(None, what went wrong)``."""
         self.model.eval()
@@ -474,7 +569,7 @@ class _Trainer:
         """Train and score one epoch, recovering from non-finite values; the stop reason or ``None``."""
         cfg, p = self.config, self.p
         t0 = time.perf_counter()
-        snapshot = _clone_state(self.model), copy.deepcopy(self.optimizer.state_dict())
+        snapshot = _clone_state(self.model), {k: copy.deepcopy(o.state_dict()) for k, o in self.optimizers.items()}
         restores = 0
         while True:
             loss, problem = self.train_epoch()
@@ -486,7 +581,8 @@ class _Trainer:
             restores += 1
             lr = self.lr()
             self.model.load_state_dict(snapshot[0])
-            self.optimizer.load_state_dict(copy.deepcopy(snapshot[1]))  # load_state_dict may alias tensors
+            for name, optimizer in self.optimizers.items():
+                optimizer.load_state_dict(copy.deepcopy(snapshot[1][name]))  # load_state_dict may alias tensors
             if p.nan_restores > cfg.max_nan_restores:
                 warnings.warn(
                     f"{self.where()}: {problem}; gave up on this restart after {cfg.max_nan_restores} "
@@ -529,6 +625,8 @@ class _Trainer:
             "seconds": round(time.perf_counter() - t0, 6), "nan_restores": restores,
             "improved": improved, "stop": stop,
         }
+        if _has_training_step(self.model):
+            entry["train_metrics"] = dict(self.train_metrics) if loss is not None and self.train_metrics else None
         if callbacks:
             for callback in self.callbacks:
                 if callback(dict(entry), self.model) is True and stop is None:
@@ -552,19 +650,25 @@ class _Trainer:
         p.restart += 1
         p.start_restart()
         p.done = p.restart >= self.config.restarts
-        self.model = self.optimizer = self.generator = self.best_state = None
-        self.params = []
+        self.model = self.generator = self.best_state = None
+        self.optimizers, self.params = {}, []
 
     # -- checkpoints ------------------------------------------------------------------
     def save(self) -> None:
         if self.store is None:
             return
         tensors: dict[str, torch.Tensor] = {"rng/cpu": torch.get_rng_state()}
-        optimizer_meta = None
+        optimizer_meta, optimizers_meta = None, None
         if self.model is not None:
             tensors.update(ck.prefixed("model", self.model.state_dict()))
-            optim_tensors, optimizer_meta = ck.flatten_optimizer(self.optimizer.state_dict())
-            tensors.update(optim_tensors)
+            metas = {}
+            for name, optimizer in self.optimizers.items():
+                optim_tensors, metas[name] = ck.flatten_optimizer(optimizer.state_dict(), _optimizer_prefix(name))
+                tensors.update(optim_tensors)
+            if set(metas) == {_DEFAULT_OPTIMIZER}:
+                optimizer_meta = metas[_DEFAULT_OPTIMIZER]
+            else:
+                optimizers_meta = metas
             if self.best_state is not None:
                 tensors.update(ck.prefixed("best", self.best_state))
             tensors["rng/batches"] = self.generator.get_state()
@@ -582,6 +686,8 @@ class _Trainer:
             "has_model": self.model is not None,
             "optimizer": optimizer_meta,
         }
+        if optimizers_meta is not None:
+            record["optimizers"] = optimizers_meta
         self.store.save(record, tensors)
 
     def resume(self, record: dict, tensors: Mapping[str, torch.Tensor]) -> None:
@@ -590,8 +696,10 @@ class _Trainer:
         try:
             self.p = _Progress(**record["progress"])
             has_model = bool(record["has_model"])
-            self.optimizer_meta = record["optimizer"]
-            if has_model and not isinstance(self.optimizer_meta, dict):
+            metas = record.get("optimizers")
+            self.optimizer_meta = {_DEFAULT_OPTIMIZER: record["optimizer"]} if metas is None else metas
+            if has_model and not (isinstance(self.optimizer_meta, dict)
+                                  and all(isinstance(m, dict) for m in self.optimizer_meta.values())):
                 raise TypeError("no optimiser state")
             if not (0 <= self.p.restart <= self.config.restarts and len(self.p.scores) == self.p.restart):
                 raise ValueError(f"restart {self.p.restart} of {self.config.restarts}")
@@ -721,7 +829,7 @@ def fit(
     callbacks: Sequence[Callback] | None = None,
     initial_state: Mapping[str, torch.Tensor] | nn.Module | None = None,
 ) -> TrainResult:
-    """Train models made by ``model_factory`` with Adam; keep the best restart's best epoch.
+    """Train models made by ``model_factory`` with Adam (or their own optimisers); keep the best restart's best epoch.
 
     For each restart ``r`` (seed ``s = config.seed + r``) the loop seeds
     torch's global RNG with ``s``, calls ``model_factory(s)``, loads
@@ -730,9 +838,10 @@ def fit(
     CPU generator seeded from ``s``.  After each epoch ``val`` is scored
     (:class:`Trainable`); early stopping and learning-rate reduction follow
     the score (see :class:`TrainConfig`).  A non-finite loss, gradient
-    (total norm) or validation score - or a ``torch.linalg.LinAlgError``
+    (total norm), value returned by ``training_step``, or validation score -
+    or a ``torch.linalg.LinAlgError``
     from either method - restores the model and optimiser state of the start
-    of the epoch, halves the learning rate, warns (:class:`TrainingWarning`)
+    of the epoch (all optimisers), halves the learning rate, warns (:class:`TrainingWarning`)
     and counts in the epoch's ``nan_restores``; after
     ``config.max_nan_restores`` restores the restart ends with the best epoch
     it has.
