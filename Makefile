@@ -19,10 +19,7 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/lss simulate --system alanine-dipeptide --temperature 450 --ns 0.2 \
-	    --report-interval 1ps --features backbone-torsions,heavy-atom-distances \
-	    --save-atoms heavy --seed 1 --out runs/demo-ala2.zarr --overwrite
-	$(VENV)/bin/lss info runs/demo-ala2.zarr
+	$(VENV)/bin/lss demo --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

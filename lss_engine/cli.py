@@ -117,7 +117,7 @@ def _build_parser() -> argparse.ArgumentParser:
                          "coordinates with sharp edges and gaps) or standard scores (default: %(default)s)")
     tr.add_argument("--labels", type=int, default=32, help="LSTM: number of bins/labels (default: %(default)s)")
     tr.add_argument("--propagator-epochs", type=int, default=100, help="propagator epochs (default: %(default)s)")
-    tr.add_argument("--decoder-epochs", type=int, default=25, help="decoder (cWGAN) epochs (default: %(default)s)")
+    tr.add_argument("--decoder-epochs", type=int, default=60, help="decoder (cWGAN) epochs (default: %(default)s)")
     tr.add_argument("--decoder-stride", type=int, default=1,
                     help="train the decoder on every n-th frame (default: %(default)s)")
     tr.add_argument("--no-validation", action="store_true", help="skip the MD-vs-LSS validation report")
@@ -390,8 +390,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"lss train: cWGAN decoder of {len(meta['atom_indices'])} atoms, structure score "
               f"{meta['validation_score']:.4g} -> {args.out}")
     if "decoder" in stages and not args.no_validation:
-        metrics = validate_simulator(args.out, args.stores)
-        print(_validation_summary(metrics, Path(args.out) / "validation"))
+        from .errors import NonFiniteError
+
+        try:
+            metrics = validate_simulator(args.out, args.stores)
+        except NonFiniteError as exc:  # the model is saved; say why it cannot be validated
+            print(f"lss train: warning: no validation report: {exc}", file=sys.stderr)
+        else:
+            print(_validation_summary(metrics, Path(args.out) / "validation"))
     return 0
 
 
@@ -404,7 +410,9 @@ def _validation_summary(metrics: dict, where: Path) -> str:
         parts.append(f"bond MAE {st['bond_mae_nm']:.4f} nm")
     parts.append(f"Rg {st['rg_mean_nm']:.3f} vs MD {st['reference_rg_mean_nm']:.3f} nm")
     if "ramachandran_js" in st:
-        parts.append(f"Ramachandran JS {st['ramachandran_js']:.3f}")
+        floor = metrics.get("structures_md_first_vs_second_half", {}).get("ramachandran_js")
+        parts.append(f"Ramachandran JS {st['ramachandran_js']:.3f}"
+                     + ("" if floor is None else f" (MD half vs half {floor:.3f})"))
     return f"lss train: validation (MD vs LSS): {'; '.join(parts)}; figures and metrics.json in {where}"
 
 

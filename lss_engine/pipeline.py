@@ -428,10 +428,10 @@ class DecoderSettings:
     hidden: Sequence[int] = (200, 200, 200)
     noise_dim: int = 50
     n_critic: int = 5
-    epochs: int = 25
+    epochs: int = 60
     batch_size: int = 128
     lr: float = 5e-4
-    patience: int | None = 10
+    patience: int | None = 15
     lr_patience: int = 4  # halve the learning rate after this many epochs without a better structure score
     stride: int = 1
     seed: int = 0
@@ -494,7 +494,9 @@ def validate_simulator(model_dir: str | os.PathLike, stores: Sequence[Any], out:
     (relaxation) times of each ψ (MD at the propagator's step), and the
     decoded structures (bond lengths, radius of gyration, pair distances and,
     when the atoms hold φ/ψ torsions, the Jensen-Shannon distance of the
-    Ramachandran histograms; :func:`lss_engine.structure.compare_structures`).
+    Ramachandran histograms; :func:`lss_engine.structure.compare_structures`),
+    next to the same metrics between the two halves of the MD (the floor
+    that finite sampling sets).
     """
     from . import kinetics
     from .kinetics import plots
@@ -509,7 +511,9 @@ def validate_simulator(model_dir: str | os.PathLike, stores: Sequence[Any], out:
     lag = int(round(sim.lag_ps / sim.encoder.frame_interval_ps))
     psi_md = [sim.encoder.latent(s.features()).astype(np.float64) for s in stores]
     md_frames = sum(len(p) for p in psi_md)
-    n_steps = int(min(max_steps, max(10, md_frames // lag // n_walkers)))
+    # ten times the MD's length (at least 1000 steps per walker): generation is cheap, and histograms of
+    # short runs are biased
+    n_steps = int(min(max_steps, max(1000, 10 * md_frames // lag // n_walkers)))
     latent = sim.propagate(sim.start_latent(None, n_walkers, seed=seed), n_steps, seed=seed)
     psi_lss = [np.asarray(z, dtype=np.float64) for z in latent]
     metrics: dict[str, Any] = {"md_frames": md_frames, "lss_walkers": n_walkers, "lss_steps": n_steps,
@@ -526,7 +530,7 @@ def validate_simulator(model_dir: str | os.PathLike, stores: Sequence[Any], out:
     plots.save_figure(plots.plot_free_energy([f_md, f_lss], labels=["MD", "LSS"], xlabel="ψ1"), out / "fes_md_vs_lss.png")
     metrics["figures"].append("fes_md_vs_lss.png")
     # relaxation times of each psi, MD at the propagator's step
-    md_at_lag = [p[offset::lag] for p in psi_md for offset in range(0, lag, max(1, lag // 4))]
+    md_at_lag = [p[::lag] for p in psi_md]  # one series per store: blocks are contiguous in time
     max_lag = max(2, min(min(len(m) for m in md_at_lag), n_steps) // 10)
     r_md = kinetics.relaxation_times(md_at_lag, dt=sim.lag_ps, max_lag=max_lag)
     r_lss = kinetics.relaxation_times(psi_lss, dt=sim.lag_ps, max_lag=max_lag)
@@ -538,11 +542,14 @@ def validate_simulator(model_dir: str | os.PathLike, stores: Sequence[Any], out:
     # decoded structures at the synthetic latent points vs MD frames
     rng = np.random.default_rng(seed)
     pool = np.concatenate(psi_lss)
-    n_struct = min(5000, md_frames, len(pool))
     md_xyz = np.concatenate([s.positions() for s in stores])
-    md_xyz = md_xyz[np.sort(rng.choice(len(md_xyz), n_struct, replace=False))]
+    n_struct = min(50_000, len(md_xyz), len(pool))
     decoded = sim.decode(pool[rng.choice(len(pool), n_struct, replace=False)].astype(np.float32), seed=seed)
     metrics["structures"] = compare_structures(decoded, md_xyz, sim.mdtraj_topology)
+    # the floor set by finite sampling: the two halves of the MD compared the same way
+    half = len(md_xyz) // 2
+    metrics["structures_md_first_vs_second_half"] = compare_structures(md_xyz[:half], md_xyz[half:],
+                                                                       sim.mdtraj_topology)
     write_json_atomic(out / "metrics.json", _jsonable(metrics))
     return metrics
 

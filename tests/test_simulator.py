@@ -118,7 +118,7 @@ def test_command_line_train_all_stages_then_generate(ala2_store, tmp_path, capsy
     model = tmp_path / "m"
     assert main(["train", str(ala2_store), "--out", str(model), "--lag", "2frames", "--hidden", "16",
                  "--epochs", "2", "--restarts", "1", "--batch-size", "64", "--components", "3",
-                 "--propagator-epochs", "2", "--decoder-epochs", "1", "--no-progress"]) == 0
+                 "--propagator-epochs", "10", "--decoder-epochs", "1", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "cWGAN decoder of 10 atoms" in printed and "validation (MD vs LSS)" in printed
     metrics = json.loads((model / "validation" / "metrics.json").read_text())

@@ -395,10 +395,29 @@ class MDNPropagator(nn.Module):
         return -torch.log(self.norm_scale).sum().expand(x.shape[0])
 
     # -- the mixture -----------------------------------------------------------
+    def _training_range(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Internal coordinates of the training data's range (``None`` before :meth:`fit_normalization`)."""
+        if not bool(self.norm_fitted):
+            return None
+        lo_hi = self._to_internal(torch.stack([self.data_min, self.data_max]))
+        return lo_hi[0], lo_hi[1]
+
+    def _clamp_to_training_range(self, z: torch.Tensor) -> torch.Tensor:
+        """The network's input: ``z`` held inside the training range.
+
+        Outside the data the mixture is that of the nearest point of the range
+        (the network never extrapolates); the state itself is not clipped: a
+        residual mean :math:`z + \Delta` still starts from the true ``z``, so
+        a walker beyond the data drifts back or on at the boundary's rate
+        instead of running into an extrapolated network.
+        """
+        bounds = self._training_range()
+        return z if bounds is None else torch.maximum(torch.minimum(z, bounds[1]), bounds[0])
+
     def _raw(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits ``(N, C)``, internal means ``(N, C, D)`` and log stds ``(N, C, D)`` for internal inputs."""
         c, d = self.n_components, self.n_dim
-        out = self.net(z)
+        out = self.net(self._clamp_to_training_range(z))
         logits = out[:, :c]
         params = out[:, c:].reshape(-1, 2, c, d)
         m, s = params[:, 0], params[:, 1]
@@ -778,12 +797,18 @@ class MDNSampler:
                 # alignment of their input, and a run must not depend on its chunking
                 z = torch.empty((w, d), dtype=self.dtype, device=self.device)
                 z.copy_(self._z)
+                bounds = None if bounded else model._training_range()
+                z_in = torch.empty_like(z)
                 for t in range(n_steps):
                     if self._used == self.block_steps:
                         self._refill()
                     b = self._used
                     self._used += 1
-                    h = self._forward(z, bufs)
+                    if bounds is None:
+                        h = self._forward(z, bufs)
+                    else:  # the network sees z held inside the training range (see _clamp_to_training_range)
+                        torch.maximum(torch.minimum(z, bounds[1], out=z_in), bounds[0], out=z_in)
+                        h = self._forward(z_in, bufs)
                     torch.add(h[:, :c], self._gumbel[b], out=score)  # Gumbel-max: k ~ softmax(logits)
                     torch.argmax(score, dim=1, out=k)
                     torch.add(base, k.unsqueeze(1), alpha=d, out=index)
