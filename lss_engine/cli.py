@@ -461,7 +461,7 @@ DEMO_SIMULATE = ["--system", "alanine-dipeptide", "--temperature", "450", "--rep
                  "--features", "backbone-torsions,heavy-atom-distances", "--save-atoms", "heavy",
                  "--equilibrate", "100ps"]
 DEMO_TRAIN = ["--lag", "10ps", "--dim", "2", "--epochs", "30", "--restarts", "1", "--components", "24",
-              "--propagator-epochs", "40", "--decoder-epochs", "15", "--decoder-stride", "2"]
+              "--propagator-epochs", "40", "--decoder-epochs", "60"]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

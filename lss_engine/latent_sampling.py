@@ -10,14 +10,19 @@ store::
     ...
 
 Frame ``i`` of every store is the walkers' state after ``i`` propagator steps
-(frame 0: the start), at time ``i * frame_interval_ps`` ps.  Steps are drawn
-``chunk_steps`` at a time and every store is committed after each chunk, so
-memory is bounded by the chunk whatever the length, and a reader (or a killed
-run) sees whole chunks only.  A chunk continues from the last state with the
-same random stream, so the stores hold exactly the trajectories of one long
-``propagator.propagate(start, n_steps, n_walkers=..., seed=seed)``.  The stores
-of a chunk are committed by a few threads while the next chunk is drawn.  Read
-them back with ``lss_engine.store.open_stores(out_dir)``.
+(frame 0: the start), at time ``i * frame_interval_ps`` ps.  The frames are
+drawn in chunks of about ``chunk_steps`` steps and every store is committed
+after each chunk, so memory is bounded by the chunk whatever the length, and a
+reader (or a killed run) sees whole chunks only.  A chunk continues from the
+last state with the same random stream, so the stores hold exactly the
+trajectories of one long ``propagator.propagate(start, n_steps, n_walkers=...,
+seed=seed)``.  Read them back with ``lss_engine.store.open_stores(out_dir)``.
+
+The stores are written together by a :class:`~lss_engine.store.MultiStoreWriter`
+(created once from one layout, each commit's chunks and ``frames_committed``
+written directly by a few threads) while the next chunk is drawn.  A store
+chunk is one commit's frames, so each chunk file is written once.
+``benchmarks/latent_stores.py`` measures it against the sampling alone.
 """
 from __future__ import annotations
 
@@ -31,23 +36,46 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import LssError
-from .store import DEFAULT_CHUNK_BYTES, FeatureBlock, StoreWriter, open_store
+from .store import DEFAULT_CHUNK_BYTES, FeatureBlock, MultiStoreWriter, open_store
 
 __all__ = ["sample_to_stores", "OBSERVABLE"]
 
 #: name of the observable the latent coordinates are stored under
 OBSERVABLE = "latent"
-#: total bytes of the in-memory chunk buffers of all open stores (3 arrays per walker)
+#: bound on the writer's buffer of the chunk being filled (all walkers) when a chunk spans several
+#: commits (commits of less than _MIN_CHUNK_BYTES per array)
 _WRITER_BUFFER_BUDGET = 256 * 1024**2
 _MIN_CHUNK_BYTES = 16 * 1024
-#: threads committing stores (zarr's I/O of different stores overlaps)
-_WRITE_THREADS = 4
+#: most threads writing the stores (one per core, less one core for the sampling when it runs beside)
+_MAX_WRITE_THREADS = 4
 
 
 def _positive_int(value: Any, what: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise LssError(f"{what} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _commit_plan(frames: int, chunk_steps: int, n_walkers: int, n_dim: int) -> tuple[int, int]:
+    """``(frames per commit, frames per store chunk)`` for ``frames`` frames drawn about ``chunk_steps`` at a time.
+
+    The frames are split evenly into ``ceil((frames - 1) / chunk_steps)`` commits
+    so that no small remainder costs a commit of its own, and a store chunk is
+    one commit's frames: every chunk file is written once, whole.  Chunks are
+    kept to at most 1 MiB (a commit then spans several whole chunks) and to at
+    least 16 KiB (a chunk then spans several commits and is rewritten whole at
+    each, its pending part kept in memory within the writer's buffer budget).
+    """
+    n_commits = max(1, -(-(frames - 1) // chunk_steps))
+    per_commit = -(-frames // n_commits)
+    frame_bytes = max(4 * n_dim, 8)  # the widest array of a latent store: value (float32) or step/time (8 B)
+    if per_commit * frame_bytes > DEFAULT_CHUNK_BYTES:
+        parts = -(-per_commit * frame_bytes // DEFAULT_CHUNK_BYTES)
+        chunk = -(-per_commit // parts)
+        return chunk * parts, chunk
+    grow = -(-_MIN_CHUNK_BYTES // (per_commit * frame_bytes))
+    budget = _WRITER_BUFFER_BUDGET // (per_commit * frame_bytes * n_walkers)
+    return per_commit, per_commit * max(1, min(grow, budget))
 
 
 def sample_to_stores(
@@ -65,6 +93,7 @@ def sample_to_stores(
     device: str | None = None,
     threads: int | None = 1,
     overwrite: bool = False,
+    overlap: bool = True,
 ) -> list[Path]:
     r"""Propagate ``n_walkers`` walkers for ``n_steps`` steps into one store per walker.
 
@@ -90,10 +119,12 @@ def sample_to_stores(
         Seed of the walkers' random stream (see
         :meth:`~lss_engine.models.MDNPropagator.propagate`).
     chunk_steps
-        Steps drawn between commits.  Memory: three ``(chunk_steps, n_walkers, D)``
-        arrays (the chunk being drawn, on the device and on the host, and the
-        previous chunk being written) plus the stores' chunk buffers (at most
-        256 MiB in all).
+        About the steps drawn between commits: the ``n_steps + 1`` frames are
+        split evenly into ``ceil(n_steps / chunk_steps)`` commits (so no small
+        remainder costs a commit of its own), and a store chunk holds one
+        commit's frames (kept between 16 KiB and 1 MiB).  Memory: about three
+        ``(chunk_steps, n_walkers, D)`` arrays (the chunk being drawn, on the
+        device and on the host, and the previous chunk being written).
     progress
         A tqdm bar counting latent steps (walkers × steps) per second.
     device
@@ -106,6 +137,13 @@ def sample_to_stores(
         Replace the walker stores of an earlier run in ``out_dir`` (all
         ``walker_*.zarr``, so that none is left over; only lss_engine stores
         are removed).
+    overlap
+        Create the stores while the first chunk is drawn and write each chunk
+        while the next one is drawn (default), or do the writing between chunks
+        with every core.  Beside the sampling the writing is hidden when a core
+        is free for it; when the cores are busy with other work, the writing
+        threads and the sampling loop contend for the GIL and writing in
+        between can be faster (``benchmarks/latent_stores.py`` times both).
 
     Returns
     -------
@@ -142,78 +180,73 @@ def sample_to_stores(
             open_store(path)  # raises unless it is an lss_engine store: never delete anything else
             shutil.rmtree(path)
 
-    # each open writer buffers one chunk of each of its 3 arrays: bound the total
-    chunk_bytes = int(min(DEFAULT_CHUNK_BYTES, max(_MIN_CHUNK_BYTES, _WRITER_BUFFER_BUDGET // (3 * n_walkers))))
+    # commits split the frames evenly, one store chunk each (the last one possibly partial):
+    # a chunk is written once, whole, and never read back or rewritten
+    frames = n_steps + 1
+    per_commit, chunk_frames = _commit_plan(frames, chunk_steps, n_walkers, n_dim)
     block = FeatureBlock(OBSERVABLE, names, ["1"] * n_dim)
-    # stores are created and committed by a few threads (zarr's I/O of different stores
-    # overlaps); a chunk is written while the next one is drawn
-    n_threads = min(_WRITE_THREADS, n_walkers)
-    groups = [g.tolist() for g in np.array_split(np.arange(n_walkers), n_threads)]
-    pool = ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="lss-store")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    all_threads = max(1, min(_MAX_WRITE_THREADS, cores))  # nothing is drawn meanwhile
+    io_threads = max(1, min(all_threads, cores - 1)) if overlap else all_threads
+    io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lss-sample-io")
 
-    def create(path: Path) -> StoreWriter:
-        return StoreWriter.create(path, timestep_ps=interval, report_interval=1, temperature_K=None,
-                                  observables=[block], chunk_bytes=chunk_bytes, overwrite=overwrite)
+    def later(fn, *args, **kwargs) -> Future:
+        """Run store I/O beside the sampling (``overlap``), or now."""
+        future = io.submit(fn, *args, **kwargs)
+        if not overlap:
+            future.exception()  # waits; its error is raised where the result is taken
+        return future
 
-    try:
-        writers = list(pool.map(create, paths))
-    except BaseException:
-        pool.shutdown(wait=True)
-        raise
-
+    created = later(MultiStoreWriter.create, paths, timestep_ps=interval, report_interval=1, temperature_K=None,
+                    observables=[block], chunk_frames=chunk_frames, reserve_frames=frames, overwrite=overwrite,
+                    threads=io_threads)
+    committed: Future | None = None
+    writer: MultiStoreWriter | None = None
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_steps * n_walkers, unit="step", unit_scale=True, desc="latent sampling",
                    dynamic_ncols=True)
-
-    def write(first_step: int, frames: np.ndarray, walkers: Sequence[int]) -> None:
-        steps = np.arange(first_step, first_step + len(frames), dtype=np.int64)
-        times = steps * interval
-        for w in walkers:
-            writers[w].append(steps, times, features={OBSERVABLE: frames[:, w, :]})
-            writers[w].commit()
-
-    pending: list[Future] = []
-
-    def finish() -> None:
-        try:
-            for future in pending:
-                future.result()
-        finally:
-            pending.clear()
-
     try:
-        write(0, sampler.state()[None], range(n_walkers))
-        done = 0
-        size = min(chunk_steps, max(n_steps, 1))
-        buffers = [np.empty((size, n_walkers, n_dim), dtype=sampler.numpy_dtype) for _ in range(2)]
+        if not overlap:
+            created.result()  # a store that cannot be created fails before any sampling
+        buffer = np.empty((min(per_commit, frames), n_walkers, n_dim), dtype=sampler.numpy_dtype)
         sample_seconds = 0.0
-        chunk = 0
-        while done < n_steps:
-            n = min(chunk_steps, n_steps - done)
+        first = 0  # first frame of the chunk
+        while first < frames:
+            n = min(per_commit, frames - first)
+            out = buffer[:n]
             t = time.perf_counter()
-            frames = sampler.run(n, out=buffers[chunk % 2][:n])  # the other buffer may still be written
+            if first == 0:
+                out[0] = sampler.state()
+                sampler.run(n - 1, out=out[1:])
+            else:
+                sampler.run(n, out=out)
             sample_seconds += time.perf_counter() - t
-            finish()  # the previous chunk is committed in every store
-            if bar is not None and chunk:
-                bar.update(previous * n_walkers)
-            pending.extend(pool.submit(write, done + 1, frames, g) for g in groups)
-            previous = n
-            done += n
-            chunk += 1
+            if writer is None:
+                writer = created.result()
+            if committed is not None:
+                committed.result()  # the previous chunk is in every store
+                if bar is not None:
+                    bar.update(previous)
+            steps = np.arange(first, first + n, dtype=np.int64)
+            writer.append(steps, steps * interval, features={OBSERVABLE: out})  # copied: the buffer is free
+            committed = later(writer.commit, all_threads if first + n == frames else io_threads)
+            previous = (n - (first == 0)) * n_walkers
+            first += n
             if bar is not None:
-                bar.set_postfix_str(f"sampling {done * n_walkers / max(sample_seconds, 1e-9):.3g} step/s",
+                bar.set_postfix_str(f"sampling {(first - 1) * n_walkers / max(sample_seconds, 1e-9):.3g} step/s",
                                     refresh=False)
-        finish()
-        if bar is not None and chunk:
-            bar.update(previous * n_walkers)
+        committed.result()
+        if bar is not None:
+            bar.update(previous)
     finally:
-        try:
-            finish()
-        finally:
-            pool.shutdown(wait=True)
-            if bar is not None:
-                bar.close()
+        io.shutdown(wait=True)
+        if writer is None and created.done() and created.exception() is None:
+            writer = created.result()
+        if writer is not None:
+            writer.close()
+        if bar is not None:
+            bar.close()
     return paths

@@ -407,7 +407,7 @@ class MDNPropagator(nn.Module):
 
         Outside the data the mixture is that of the nearest point of the range
         (the network never extrapolates); the state itself is not clipped: a
-        residual mean :math:`z + \Delta` still starts from the true ``z``, so
+        residual mean :math:`z + \\Delta` still starts from the true ``z``, so
         a walker beyond the data drifts back or on at the boundary's rate
         instead of running into an extrapolated network.
         """
