@@ -298,8 +298,13 @@ def test_keyboard_interrupt_keeps_written_frames(md_run, tmp_path):
     signaller = SigintInReport(at_step=2)
     sim = replay(md_run)
     sim.reporters += [signaller, app.DCDReporter(str(tmp_path / "s.dcd"), 1)]
-    with pytest.raises(KeyboardInterrupt):
-        sim.step(10)
+    # Python's own Ctrl-C handler, also where the suite runs as a background job (SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sim.step(10)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert signaller.finished == [1, 2] and sim.currentStep == 2
     np.testing.assert_allclose(md.load(str(tmp_path / "s.dcd"), top=mdtop(topology)).xyz, frames[:2], atol=2e-6)
     rep.close()
