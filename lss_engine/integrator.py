@@ -24,16 +24,14 @@ from __future__ import annotations
 import copy
 import inspect
 import io
-import signal
-import threading
-from contextlib import contextmanager
-from typing import Any, Iterator, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import openmm
 from openmm import app, unit
 
 from .errors import LssError, NonFiniteError, StoreError
+from .interrupts import sigint_deferred
 from .units import parse_time_ps
 
 __all__ = ["ArrayFrameSource", "FrameSource", "LatentSimulation"]
@@ -214,28 +212,6 @@ def _normalise_report(report: Any) -> dict:
             converted["periodic"] = report[5]
         return converted
     return report
-
-
-@contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Hold Ctrl-C until the block ends, so a report is never half written.
-
-    Only in the main thread and only while Python's default SIGINT handler is
-    installed; a signal that arrives meanwhile raises ``KeyboardInterrupt``
-    as the block exits.
-    """
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
-    received: list[Any] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
 
 
 class LatentSimulation:
@@ -473,7 +449,7 @@ class LatentSimulation:
             while self.currentStep < end:
                 k, due = self._next_reports(end - self.currentStep)
                 positions = self.source.advance(k)
-                with _sigint_deferred():
+                with sigint_deferred():
                     self._load_frame(positions, self.currentStep + k)
                     self.context.setStepCount(self.currentStep + k)
                     self._set_time(None, k)

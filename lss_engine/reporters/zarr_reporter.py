@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import NonFiniteError, StoreError
+from ..interrupts import sigint_deferred
 from ..store import StoreWriter, TrajectoryStore, warn_gap
 
 _OPEN_REPORTERS: "weakref.WeakSet[ZarrReporter]" = weakref.WeakSet()
@@ -227,15 +228,16 @@ class ZarrReporter:
                 pos_t = torch.from_numpy(pos)
                 for block in getattr(self.featurizer, "blocks", None) or [self.featurizer]:
                     features[block.name] = block(pos_t, box_t).numpy()
-        self._writer.append(
-            self._steps[:n],
-            self._times[:n],
-            positions=pos[:, self.atom_indices] if len(self.atom_indices) else None,
-            features=features,
-            box_vectors=boxes if len(self.atom_indices) else None,
-        )
-        self._writer.commit()
-        self._n_buffered = 0
+        with sigint_deferred():  # a Ctrl-C lands after the commit, never inside it
+            self._writer.append(
+                self._steps[:n],
+                self._times[:n],
+                positions=pos[:, self.atom_indices] if len(self.atom_indices) else None,
+                features=features,
+                box_vectors=boxes if len(self.atom_indices) else None,
+            )
+            self._writer.commit()
+            self._n_buffered = 0
 
     @property
     def frames_committed(self) -> int:
