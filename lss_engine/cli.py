@@ -472,7 +472,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     store, model = out / "md.zarr", out / "model"
     quiet = ["--no-progress"] if args.no_progress else []
-    md_steps = int(round(args.ns * 1000 / 0.002))
+    md_frames = int(round(args.ns * 1000))  # DEMO_SIMULATE reports every 1 ps
     have = None
     if store.exists():
         try:
@@ -480,7 +480,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         except LssError:
             have = None
     commands: list[list[str]] = []
-    if have is None or len(have) < md_steps // 500:
+    if have is None or len(have) < md_frames:
         commands.append(["simulate", *DEMO_SIMULATE, "--ns", f"{args.ns:g}", "--seed", str(args.seed),
                          "--out", str(store), "--overwrite", *quiet])
     commands.append(["train", str(store), "--out", str(model), *DEMO_TRAIN, "--seed", str(args.seed), *quiet])

@@ -25,7 +25,17 @@ from .errors import LssError
 
 
 @dataclass
-class EncoderSettings:
+class TrainingRunSettings:
+    """What every training stage's settings share: seed, validation share, device, progress bars."""
+
+    seed: int = 0
+    val_fraction: float = 0.2
+    device: str = "auto"  # GPU when present
+    progress: bool = True
+
+
+@dataclass
+class EncoderSettings(TrainingRunSettings):
     """Choices of :func:`train_encoder` (defaults follow the papers where they say)."""
 
     kind: str = "srv"  # "srv" | "vampnet"
@@ -39,10 +49,6 @@ class EncoderSettings:
     lr: float = 5e-4
     restarts: int = 3
     patience: int | None = 10
-    seed: int = 0
-    val_fraction: float = 0.2
-    device: str = "auto"
-    progress: bool = True
 
     def validate(self) -> None:
         if self.kind not in ("srv", "vampnet"):
@@ -264,7 +270,7 @@ def analyze_encoder(encoder: Encoder, stores: Sequence[Any], out: str | os.PathL
 # propagator stage
 # ---------------------------------------------------------------------------
 @dataclass
-class PropagatorSettings:
+class PropagatorSettings(TrainingRunSettings):
     """Choices of :func:`train_propagator`.
 
     MDN (the LSS paper): a mixture of ``n_components`` Gaussians for
@@ -289,10 +295,6 @@ class PropagatorSettings:
     lr: float = 1e-3
     restarts: int = 1
     patience: int | None = 10
-    seed: int = 0
-    val_fraction: float = 0.2
-    device: str = "auto"
-    progress: bool = True
 
     def validate(self) -> None:
         if self.kind not in ("mdn", "lstm"):
@@ -416,7 +418,7 @@ def _lstm_to_stores(model, meta: dict, start_labels: np.ndarray, n_steps: int, o
 
 
 @dataclass
-class DecoderSettings:
+class DecoderSettings(TrainingRunSettings):
     """Choices of :func:`train_decoder`: a conditional WGAN-GP decoder ψ → positions of the saved atoms.
 
     The LSS paper's generator and critic have three hidden layers of 200
@@ -434,10 +436,6 @@ class DecoderSettings:
     patience: int | None = 15
     lr_patience: int = 4  # halve the learning rate after this many epochs without a better structure score
     stride: int = 1
-    seed: int = 0
-    val_fraction: float = 0.2
-    device: str = "auto"
-    progress: bool = True
 
 
 def train_decoder(model_dir: str | os.PathLike, stores: Sequence[Any], settings: DecoderSettings) -> dict:

@@ -122,6 +122,17 @@ class WalkerStream:
         # off the decode grid: decode this one frame alone (seeded by its place)
         return self.simulator.decode(latent[offset, walker][None], seed=_seed_for(self.seed, 3, walker, step))[0]
 
+    def all_walkers(self, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Frames ``(n, W, n_atoms, 3)`` and latent points ``(n, W, D)`` of every walker at ``steps`` (≥ 1, on
+        the decode grid); all walkers count as having reached the last of them."""
+        positions, latent = [], []
+        for step in steps:
+            offset, (z, decoded) = self._chunk(int(step))
+            positions.append(decoded[offset])
+            latent.append(z[offset])
+        self._position[:] = np.maximum(self._position, int(steps[-1]))
+        return np.stack(positions), np.stack(latent)
+
     def source(self, walker: int) -> "_WalkerSource":
         return _WalkerSource(self, walker)
 
@@ -145,9 +156,6 @@ class _WalkerSource:
         frame = self.stream.frame(self.walker, target)  # may raise: then the source has not moved
         self.stream._position[self.walker] = target
         return frame
-
-    def latent(self) -> np.ndarray:
-        return self.stream.latent(self.walker, self.step)
 
 
 @dataclass
@@ -355,20 +363,19 @@ class LatentSpaceSimulator:
             if suffix == ".zarr":
                 self._generate_stores(stream, paths, n_steps, report_interval, chunk, overwrite, bar)
             else:
-                self._generate_files(stream, paths, suffix, n_steps, report_interval, chunk, bar)
+                self._generate_files(stream, paths, out.with_name(f"{out.stem}_topology.pdb"), suffix, n_steps,
+                                     report_interval, chunk, bar)
         finally:
             bar.close()
         return paths
 
-    def _generate_files(self, stream: WalkerStream, paths: list[Path], suffix: str, n_steps: int,
+    def _generate_files(self, stream: WalkerStream, paths: list[Path], top_path: Path, suffix: str, n_steps: int,
                         report_interval: int, chunk: int, bar) -> None:
         from openmm import app
 
         from .integrator import LatentSimulation
 
         topology = self.topology
-        top_path = paths[0].with_name(f"{paths[0].stem.rsplit('_', 1)[0] if len(paths) > 1 else paths[0].stem}"
-                                      f"_topology.pdb")
         if suffix != ".pdb":
             top_path.write_text(self.topology_pdb)
         sims = []
@@ -398,33 +405,24 @@ class LatentSpaceSimulator:
 
     def _generate_stores(self, stream: WalkerStream, paths: list[Path], n_steps: int, report_interval: int,
                          chunk: int, overwrite: bool, bar) -> None:
-        from .store import FeatureBlock, StoreWriter
+        from .store import FeatureBlock, MultiStoreWriter
 
         names = [f"psi{i + 1}" for i in range(self.n_latent)]
-        writers = []
-        for path in paths:
-            if path.exists() and overwrite:
-                import shutil
-
-                shutil.rmtree(path)
-            writers.append(StoreWriter.create(
-                path, topology=self.topology, positions_for_pdb=self.decoder_reference(),
+        with MultiStoreWriter.create(
+                paths, overwrite=overwrite, topology=self.topology, positions_for_pdb=self.decoder_reference(),
                 timestep_ps=self.lag_ps, report_interval=report_interval, temperature_K=self.temperature_K,
+                chunk_frames=chunk // report_interval,  # one chunk per commit: each chunk file written once
                 observables=[FeatureBlock("latent", names, ["1"] * len(names))],
-                provenance={"generator": "lss_engine.LatentSpaceSimulator", "seed": stream.seed}))
-        done = 0
-        while done < n_steps:
-            k = min(chunk, n_steps - done)
-            steps = np.arange(done + report_interval, done + k + 1, report_interval)
-            for w, writer in enumerate(writers):
-                positions = np.stack([stream.frame(w, int(s)) for s in steps])
-                latent = np.stack([stream.latent(w, int(s)) for s in steps])
-                stream._position[w] = done + k
-                writer.append(steps, steps * self.lag_ps,
-                              positions=positions, features={"latent": latent})
+                provenance={"generator": "lss_engine.LatentSpaceSimulator", "seed": stream.seed}) as writer:
+            done = 0
+            while done < n_steps:
+                k = min(chunk, n_steps - done)
+                steps = np.arange(done + report_interval, done + k + 1, report_interval)
+                positions, latent = stream.all_walkers(steps)
+                writer.append(steps, steps * self.lag_ps, positions=positions, features={"latent": latent})
                 writer.commit()
-                bar.update(k)
-            done += k
+                bar.update(k * len(paths))
+                done += k
 
     def decoder_reference(self) -> np.ndarray:
         """``(n_atoms, 3)`` nm: the structure the decoder's outputs are aligned to."""
