@@ -51,8 +51,8 @@ def main() -> None:
     parser.add_argument("--reference", default=str(REFERENCE))
     parser.add_argument("--walkers", type=int, default=10)
     parser.add_argument("--ns", type=float, default=100.0, help="synthetic ns per walker")
-    parser.add_argument("--decoder-epochs", type=int, default=25)
-    parser.add_argument("--decoder-stride", type=int, default=2)
+    parser.add_argument("--decoder-epochs", type=int, default=None, help="default: DecoderSettings'")
+    parser.add_argument("--decoder-stride", type=int, default=None, help="default: DecoderSettings'")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -73,8 +73,8 @@ def main() -> None:
             shutil.rmtree(model)
         shutil.copytree(args.model, model, ignore=shutil.ignore_patterns("checkpoints", "*.png"))
         t0 = time.perf_counter()
-        train_decoder(model, [args.store], DecoderSettings(epochs=args.decoder_epochs, stride=args.decoder_stride,
-                                                           seed=args.seed, progress=False))
+        chosen = {k: v for k, v in (("epochs", args.decoder_epochs), ("stride", args.decoder_stride)) if v is not None}
+        train_decoder(model, [args.store], DecoderSettings(**chosen, seed=args.seed, progress=False))
         print(f"decoder trained in {time.perf_counter() - t0:.0f} s")
     sim = LatentSpaceSimulator.load(model)
     store = open_store(args.store)

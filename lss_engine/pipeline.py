@@ -425,6 +425,12 @@ class DecoderSettings(TrainingRunSettings):
     (Swish), 50 noise dimensions, gradient-penalty weight 10 and several
     critic steps per generator step.  ``stride`` thins the training frames
     (adjacent 1-ps frames are nearly copies of each other).
+
+    Two additions to the paper's recipe (see ``benchmarks/decoder_ala2.py``):
+    the critic also sees every interatomic distance and the sine and cosine
+    of every proper torsion of the decoded atoms (``critic_features``), and
+    decoding uses an exponential moving average of the generator's weights
+    (``ema_decay``; ``0`` turns it off).
     """
 
     hidden: Sequence[int] = (200, 200, 200)
@@ -436,6 +442,8 @@ class DecoderSettings(TrainingRunSettings):
     patience: int | None = 15
     lr_patience: int = 4  # halve the learning rate after this many epochs without a better structure score
     stride: int = 1
+    critic_features: bool = True
+    ema_decay: float = 0.995
 
 
 def train_decoder(model_dir: str | os.PathLike, stores: Sequence[Any], settings: DecoderSettings) -> dict:
@@ -447,6 +455,7 @@ def train_decoder(model_dir: str | os.PathLike, stores: Sequence[Any], settings:
     """
     from .decoder_data import DecoderDataset
     from .models import CWGANDecoder
+    from .structure import proper_torsions, topology_bonds
     from .train import TrainConfig, fit, save_history
 
     model_dir, bundle, encoder, stores = _model_and_stores(model_dir, stores)
@@ -462,10 +471,17 @@ def train_decoder(model_dir: str | os.PathLike, stores: Sequence[Any], settings:
     data = DecoderDataset(latent, positions)
     train, val = data.split(settings.val_fraction, seed=settings.seed)
     n_latent, n_atoms = latent.shape[1], positions.shape[1]
+    torsions: list = []
+    if settings.critic_features:
+        try:
+            torsions = proper_torsions(topology_bonds(stores[0].topology)).tolist()
+        except LssError:  # no bonds between the saved atoms (e.g. C-alpha only): distances only
+            torsions = []
 
     def factory(seed: int) -> CWGANDecoder:
         return CWGANDecoder(n_latent, n_atoms, noise_dim=settings.noise_dim, hidden=tuple(settings.hidden),
-                            n_critic=settings.n_critic).fit_normalization(train)
+                            n_critic=settings.n_critic, critic_distances=settings.critic_features,
+                            critic_torsions=torsions, ema_decay=settings.ema_decay).fit_normalization(train)
 
     config = TrainConfig(epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size,
                          patience=settings.patience, lr_patience=settings.lr_patience, seed=settings.seed,

@@ -5,7 +5,7 @@ structures it makes, compared as ensembles with molecular dynamics frames of
 the same atoms (positions in nm, ``(n_frames, n_atoms, 3)``):
 
 * **bonded distances** - :func:`bond_lengths` over a topology's bonds
-  (:func:`topology_bonds`); :func:`bond_length_mae` is the mean absolute
+  (:func:`topology_bonds`; their torsions: :func:`proper_torsions`); :func:`bond_length_mae` is the mean absolute
   difference of the per-bond mean lengths of two ensembles, in nm;
 * **radius of gyration** - :func:`radius_of_gyration` (unweighted, as
   ``mdtraj.compute_rg``), its mean and spread;
@@ -30,6 +30,7 @@ from .errors import LssError, NonFiniteError
 
 __all__ = [
     "topology_bonds",
+    "proper_torsions",
     "bond_lengths",
     "bond_length_mae",
     "radius_of_gyration",
@@ -96,6 +97,24 @@ def topology_bonds(topology: Any, atom_indices: Any = None) -> np.ndarray:
     if not len(bonds):
         raise LssError("the topology has no bonds between the selected atoms")
     return bonds
+
+
+def proper_torsions(bonds: Any) -> np.ndarray:
+    """``(n, 4)`` atom quadruplets ``i-j-k-l`` of every proper torsion of a bond graph.
+
+    Each chain of three bonds ``i-j``, ``j-k``, ``k-l`` over four distinct
+    atoms, once per central bond (``j < k``), sorted.  ``bonds`` is an
+    ``(n_bonds, 2)`` index array, e.g. :func:`topology_bonds`.
+    """
+    b = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
+    neighbours: dict[int, set[int]] = {}
+    for i, j in b:
+        if i != j:
+            neighbours.setdefault(int(i), set()).add(int(j))
+            neighbours.setdefault(int(j), set()).add(int(i))
+    quads = sorted({(i, j, k, l) for j, k in (sorted(map(int, e)) for e in b if e[0] != e[1])
+                    for i in neighbours[j] - {k} for l in neighbours[k] - {j} if i != l})
+    return np.array(quads, dtype=np.int64).reshape(-1, 4)
 
 
 def bond_lengths(xyz: Any, bonds: Any) -> np.ndarray:

@@ -157,6 +157,62 @@ def test_gradient_penalty_matches_direct_autograd():
     assert all(p.grad is None for p in model.generator.parameters())
 
 
+def test_critic_features_enter_the_penalty_and_the_average_tracks_the_generator(toy_data):
+    """With pair distances and a torsion in the critic's input, the penalty is still the gradient with
+    respect to the configuration (now through the features); the weight average decodes."""
+    torch.manual_seed(1)
+    model = CWGANDecoder(2, 4, noise_dim=3, hidden=(16, 16), critic_distances=True, critic_torsions=[[0, 1, 2, 3]],
+                         ema_decay=0.9, dtype="float64")
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 0.1, (50, 4, 3)) + np.array([[0, 0, 0], [0.15, 0, 0], [0.2, 0.14, 0], [0.35, 0.14, 0.05]])
+    model.fit_normalization((rng.normal(size=(50, 2)), x))
+    dist = np.linalg.norm(x[:, :, None] - x[:, None], axis=-1)[:, *np.triu_indices(4, 1)]
+    torch.testing.assert_close(model.distance_shift, torch.as_tensor(dist.mean(0)))
+    real, fake = torch.randn(7, 12, dtype=torch.float64), torch.randn(7, 12, dtype=torch.float64)
+    u, eps = torch.randn(7, 2, dtype=torch.float64), torch.rand(7, 1, dtype=torch.float64)
+    assert model.critic_input(real, u).shape == (7, 12 + 6 + 2 + 2)
+    gp = model.gradient_penalty(real, fake, u, eps)
+    expected = []
+    for k in range(7):
+        point = (eps[k] * real[k] + (1 - eps[k]) * fake[k]).clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(model.score(point[None], u[k : k + 1])[0], point)
+        expected.append((grad.norm() - 1) ** 2)
+    torch.testing.assert_close(gp, torch.stack(expected).mean(), rtol=1e-12, atol=1e-12)
+    # the average starts as the generator, is not trained directly, and follows it with a lag
+    avg, gen = model.generator_average, model.generator
+    assert all(torch.equal(a, g) for a, g in zip(avg.parameters(), gen.parameters()))
+    assert not any(p.requires_grad for p in avg.parameters())
+    opts = model.configure_optimizers(1e-2)
+    assert not {id(p) for p in avg.parameters()} & {id(p) for g in opts["generator"].param_groups for p in g["params"]}
+    batch = (torch.as_tensor(rng.normal(size=(50, 2))), torch.as_tensor(x))
+    before = [p.clone() for p in avg.parameters()]
+    for _ in range(3 * model.n_critic):
+        model.training_step(batch, opts)
+    moved = [float((a - b).abs().max()) for a, b in zip(avg.parameters(), before)]
+    lag = [float((a - g.detach()).abs().max()) for a, g in zip(avg.parameters(), gen.parameters())]
+    assert max(moved) > 0 and max(lag) > 0
+    latent = rng.normal(size=(5, 2))
+    with torch.no_grad():
+        noise = torch.randn((5, 3), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+        u5 = model._latent_in(torch.as_tensor(latent))
+        expected_xyz = model._coords_out(model.generate(u5, noise, averaged=True)).numpy()
+    np.testing.assert_allclose(model.decode(latent, seed=4), expected_xyz, rtol=1e-12)
+    # round trip, and a config written before these options existed still loads (as neither)
+    clone = CWGANDecoder.from_config(json.loads(json.dumps(model.config())))
+    clone.load_state_dict(model.state_dict())
+    np.testing.assert_array_equal(clone.decode(latent, seed=4), model.decode(latent, seed=4))
+    legacy = {k: v for k, v in model.config().items() if k not in ("critic_distances", "critic_torsions", "ema_decay")}
+    old = CWGANDecoder.from_config(legacy)
+    assert not old.critic_distances and old.critic_torsions == () and old.ema_decay == 0
+    assert not hasattr(old, "generator_average")
+    with pytest.raises(LssError, match="critic torsion"):
+        CWGANDecoder(1, 4, critic_torsions=[[0, 1, 2, 2]])
+    with pytest.raises(LssError, match="critic torsion"):
+        CWGANDecoder(1, 4, critic_torsions=[[0, 1, 2, 4]])
+    with pytest.raises(LssError, match="ema_decay"):
+        CWGANDecoder(1, 4, ema_decay=1.0)
+
+
 # --------------------------------------------------------------------------
 # decoding, config and state
 
@@ -226,7 +282,8 @@ def small_data():
     return DecoderDataset(psi, x).split(0.25, seed=1)
 
 
-def test_checkpoint_resume_is_bit_identical(small_data, tmp_path):
+@pytest.mark.parametrize("extra", [{}, {"critic_distances": True, "ema_decay": 0.9}], ids=["plain", "features+average"])
+def test_checkpoint_resume_is_bit_identical(small_data, tmp_path, extra):
     train, val = small_data
     config = cfg(epochs=4, restarts=2, batch_size=64, lr_patience=1, seed=5)
     steps = len(train) // 64
@@ -234,9 +291,9 @@ def test_checkpoint_resume_is_bit_identical(small_data, tmp_path):
 
     def make(seed):
         interrupt = 2 * steps + 3 if plan["on"] and seed == 6 else None
-        return Interrupted(1, 3, **SMALL, interrupt_at=interrupt).fit_normalization(train)
+        return Interrupted(1, 3, **SMALL, **extra, interrupt_at=interrupt).fit_normalization(train)
 
-    straight = fit(lambda seed: Interrupted(1, 3, **SMALL).fit_normalization(train), train, val, config)
+    straight = fit(lambda seed: Interrupted(1, 3, **SMALL, **extra).fit_normalization(train), train, val, config)
     with pytest.raises(KeyboardInterrupt):
         fit(make, train, val, config, checkpoint_dir=tmp_path)
     record = json.loads((tmp_path / "train" / "checkpoint.json").read_text())

@@ -60,6 +60,27 @@ def test_bonds_of_the_heavy_atoms(traj, ala2_system, ala2_store):
     assert S.bond_length_mae(1.01 * traj.xyz, traj.xyz, bonds) == pytest.approx(expected, rel=1e-4)
 
 
+def test_proper_torsions_of_the_heavy_atoms(traj):
+    """Every chain of three bonds once: the heavy-atom tree of alanine dipeptide has 10, φ and ψ among them,
+    and their angles (mdtraj) match the critic's differentiable sin/cos."""
+    import torch
+
+    from lss_engine.models.cwgan import torsion_sin_cos
+
+    quads = S.proper_torsions(S.topology_bonds(traj.topology))
+    names = [tuple(traj.topology.atom(int(i)).name for i in q) for q in quads]
+    assert len(quads) == 10 and len(set(map(tuple, quads))) == 10
+    assert ("C", "N", "CA", "C") in names and ("N", "CA", "C", "N") in names  # φ, ψ
+    bonded = {tuple(sorted(b)) for b in S.topology_bonds(traj.topology).tolist()}
+    for q in quads.tolist():
+        assert len(set(q)) == 4 and all(tuple(sorted(q[k : k + 2])) in bonded for k in range(3))
+    assert S.proper_torsions([[0, 1], [1, 2]]).shape == (0, 4)  # no chain of three bonds
+    angles = md.compute_dihedrals(traj, quads, periodic=False)
+    sin_cos = torsion_sin_cos(torch.as_tensor(traj.xyz, dtype=torch.float64), torch.as_tensor(quads)).numpy()
+    np.testing.assert_allclose(sin_cos[:, : len(quads)], np.sin(angles), atol=1e-4)  # float32 positions
+    np.testing.assert_allclose(sin_cos[:, len(quads) :], np.cos(angles), atol=1e-4)
+
+
 def test_backbone_torsions_match_mdtraj(traj):
     phi, psi = S.backbone_torsions(traj.xyz, traj.topology)
     assert phi.shape == psi.shape == (traj.n_frames, 1)

@@ -42,6 +42,24 @@ The optimisers follow Gulrajani et al. (the paper does not name them):
 Adam with :math:`\beta = (0.5, 0.9)`, :math:`\lambda = 10` and
 ``n_critic = 5`` critic updates per generator update.
 
+Two additions to the paper's recipe
+-----------------------------------
+Both are off by default here and on in :class:`lss_engine.pipeline.DecoderSettings`
+(measured on alanine dipeptide by ``benchmarks/decoder_ala2.py``):
+
+* **Critic features** (``critic_distances``, ``critic_torsions``): the critic
+  sees, besides the aligned coordinates, every interatomic distance
+  (standardised) and :math:`(\sin\theta, \cos\theta)` of chosen dihedral angles.
+  These are functions of the coordinates, so the game and its optimum are
+  unchanged, and the gradient penalty still acts on the coordinates (through
+  the features); but bond lengths, the molecule's size and backbone torsions
+  become easy for the critic to see, hence for the generator to get right.
+* **Weight averaging** (``ema_decay``): decoding uses an exponential moving
+  average of the generator's weights, updated after every generator step
+  (Yazıcı et al. 2019).  A GAN's iterates orbit the equilibrium; their
+  average sits nearer to it, and the epoch-to-epoch noise of the structure
+  score (hence the luck of picking the best epoch) shrinks.
+
 Training protocol (called by :func:`lss_engine.train.fit`)
 ----------------------------------------------------------
 The model implements the loop's multi-optimiser protocol::
@@ -65,6 +83,7 @@ value says little about sample quality.
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Mapping, Sequence
 
@@ -75,7 +94,7 @@ from torch import nn
 from ..errors import LssError, NonFiniteError
 from .mlp import EVAL_CHUNK, as_input, dtype_name, evaluating, make_mlp, model_from_config, parse_dtype
 
-__all__ = ["CWGANDecoder", "binned_distance_w1"]
+__all__ = ["CWGANDecoder", "binned_distance_w1", "torsion_sin_cos"]
 
 #: validation decodes at most this many held-out frames (evenly spaced)
 _VAL_FRAMES = 20000
@@ -97,6 +116,37 @@ def _positive(value: Any, what: str, allow_zero: bool = False) -> float:
     if not math.isfinite(x) or x < 0 or (x == 0 and not allow_zero):
         raise LssError(f"{what} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
     return x
+
+
+def _torsions(torsions: Any, n_atoms: int) -> tuple[tuple[int, int, int, int], ...]:
+    """Validated ``(i, j, k, l)`` atom quadruplets (positions among the decoded atoms)."""
+    try:
+        quads = tuple(tuple(int(a) for a in t) for t in torsions)
+    except (TypeError, ValueError):
+        raise LssError(f"critic_torsions must be a sequence of 4 atom indices each, got {torsions!r}") from None
+    for t in quads:
+        if len(t) != 4 or len(set(t)) != 4 or min(t) < 0 or max(t) >= n_atoms:
+            raise LssError(f"each critic torsion must be 4 distinct atom indices in [0, {n_atoms}), got {list(t)}")
+    return quads
+
+
+def torsion_sin_cos(x: torch.Tensor, quads: torch.Tensor) -> torch.Tensor:
+    r"""``(N, 2 n)``: :math:`\sin\theta` and :math:`\cos\theta` of the dihedral angles ``quads`` ``(n, 4)``.
+
+    For atoms :math:`a, b, c, d` with :math:`b_1 = x_b - x_a`, :math:`b_2 = x_c - x_b`,
+    :math:`b_3 = x_d - x_c`, :math:`n_1 = b_1 \times b_2`, :math:`n_2 = b_2 \times b_3`:
+    :math:`\theta = \operatorname{atan2}(\lVert b_2\rVert\, b_1 \cdot n_2,\ n_1 \cdot n_2)`
+    (IUPAC sign, as ``mdtraj.compute_dihedrals``).  Differentiable; a tiny
+    floor keeps the gradient finite for collinear atoms.  ``x`` is ``(N, n_atoms, 3)``.
+    """
+    a, b, c, d = (x[:, quads[:, k]] for k in range(4))
+    b1, b2, b3 = b - a, c - b, d - c
+    n1, n2 = torch.linalg.cross(b1, b2), torch.linalg.cross(b2, b3)
+    along = torch.sqrt((b2 * b2).sum(-1) + 1e-12)
+    sin_part = along * (b1 * n2).sum(-1)
+    cos_part = (n1 * n2).sum(-1)
+    norm = torch.sqrt(sin_part.square() + cos_part.square() + 1e-12)
+    return torch.cat([sin_part / norm, cos_part / norm], dim=1)
 
 
 def binned_distance_w1(
@@ -181,6 +231,21 @@ class CWGANDecoder(nn.Module):
     min_coord_std
         Floor (nm) of the per-coordinate standard deviations of the
         normalisation (an atom that never moves after alignment).
+    critic_distances
+        Also show the critic all interatomic distances (standardised by
+        their training mean and spread).  Internal geometry - bond lengths,
+        the molecule's size - is then a linear read-out for the critic
+        rather than something it must learn from aligned Cartesians.
+    critic_torsions
+        ``(i, j, k, l)`` atom quadruplets (positions among the decoded atoms)
+        whose dihedral angles the critic also sees, as sine and cosine
+        (:func:`torsion_sin_cos`); e.g. all proper torsions of the decoded
+        atoms (:func:`lss_engine.structure.proper_torsions`).
+    ema_decay
+        :math:`\beta` of an exponential moving average of the generator's
+        weights, used for decoding and validation (Yazıcı et al. 2019: the
+        average of a GAN's oscillating iterates samples better than the
+        last iterate); ``0`` decodes with the trained weights themselves.
     dtype
         ``"float32"`` or ``"float64"`` parameters (default: torch's default).
     """
@@ -198,6 +263,9 @@ class CWGANDecoder(nn.Module):
         betas: Sequence[float] = (0.5, 0.9),
         val_bins: int = 4,
         min_coord_std: float = 1e-4,
+        critic_distances: bool = False,
+        critic_torsions: Sequence[Sequence[int]] = (),
+        ema_decay: float = 0.0,
         dtype: "str | torch.dtype | None" = None,
     ):
         super().__init__()
@@ -215,12 +283,25 @@ class CWGANDecoder(nn.Module):
         self.betas = betas
         self.val_bins = _whole(val_bins, "val_bins")
         self.min_coord_std = _positive(min_coord_std, "min_coord_std")
+        self.critic_distances = bool(critic_distances)
+        self.critic_torsions = _torsions(critic_torsions, self.n_atoms)
+        self.ema_decay = _positive(ema_decay, "ema_decay", allow_zero=True)
+        if self.ema_decay >= 1.0:
+            raise LssError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
         torch_dtype = parse_dtype(dtype)
         n_coords = 3 * self.n_atoms
+        n_pairs = self.n_atoms * (self.n_atoms - 1) // 2 if self.critic_distances else 0
+        n_critic_in = n_coords + n_pairs + 2 * len(self.critic_torsions) + self.n_latent
         self.generator = make_mlp(self.n_latent + self.noise_dim, self.hidden, n_coords, self.activation).to(
             torch_dtype
         )
-        self.critic = make_mlp(n_coords + self.n_latent, self.critic_hidden, 1, self.activation).to(torch_dtype)
+        self.critic = make_mlp(n_critic_in, self.critic_hidden, 1, self.activation).to(torch_dtype)
+        if self.ema_decay > 0:
+            self.generator_average = copy.deepcopy(self.generator).requires_grad_(False)
+        self.register_buffer("pair_index", torch.triu_indices(self.n_atoms, self.n_atoms, 1)[:, :n_pairs].clone())
+        self.register_buffer("torsion_index", torch.as_tensor(self.critic_torsions, dtype=torch.int64).reshape(-1, 4))
+        self.register_buffer("distance_shift", torch.zeros(n_pairs, dtype=torch_dtype))
+        self.register_buffer("distance_scale", torch.ones(n_pairs, dtype=torch_dtype))
         self.register_buffer("latent_shift", torch.zeros(self.n_latent, dtype=torch_dtype))
         self.register_buffer("latent_scale", torch.ones(self.n_latent, dtype=torch_dtype))
         self.register_buffer("coord_shift", torch.zeros(n_coords, dtype=torch_dtype))
@@ -237,11 +318,14 @@ class CWGANDecoder(nn.Module):
             "hidden": list(self.hidden), "critic_hidden": list(self.critic_hidden),
             "activation": self.activation, "gp_weight": self.gp_weight, "n_critic": self.n_critic,
             "betas": list(self.betas), "val_bins": self.val_bins, "min_coord_std": self.min_coord_std,
-            "dtype": dtype_name(self.latent_shift.dtype),
+            "critic_distances": self.critic_distances, "critic_torsions": [list(t) for t in self.critic_torsions],
+            "ema_decay": self.ema_decay, "dtype": dtype_name(self.latent_shift.dtype),
         }
 
     @classmethod
     def from_config(cls, config: dict) -> "CWGANDecoder":
+        """Rebuild from :meth:`config` (a config without the critic-feature and averaging keys,
+        written before they existed, means neither)."""
         return model_from_config(cls, config)
 
     # -- normalisation ---------------------------------------------------------------
@@ -279,6 +363,10 @@ class CWGANDecoder(nn.Module):
                 "coord_scale": flat.std(dim=0, unbiased=False).clamp_min(self.min_coord_std),
                 "reference": reference,
             }
+            if len(self.pair_index[0]):
+                dist = self._pair_distances(x)
+                values["distance_shift"] = dist.mean(dim=0)
+                values["distance_scale"] = dist.std(dim=0, unbiased=False).clamp_min(self.min_coord_std)
             for name, value in values.items():
                 buf = getattr(self, name)
                 buf.copy_(value.to(device=buf.device, dtype=buf.dtype))
@@ -319,14 +407,48 @@ class CWGANDecoder(nn.Module):
         if not bool(self.norm_fitted):
             raise LssError("the decoder's normalisation is not fitted: call fit_normalization(train) before use")
 
+    def _pair_distances(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, n_pairs)`` distances (nm) of the critic's atom pairs; ``x`` is ``(N, n_atoms, 3)`` nm."""
+        i, j = self.pair_index
+        return torch.sqrt((x[:, i] - x[:, j]).square().sum(-1) + 1e-12)
+
     # -- the networks (standardised units) ---------------------------------------------
-    def generate(self, u: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Generator: standardised latent ``(N, D)`` + noise ``(N, d)`` -> standardised ``(N, 3 n_atoms)``."""
-        return self.generator(torch.cat([u, noise], dim=1))
+    def generate(self, u: torch.Tensor, noise: torch.Tensor, averaged: bool = False) -> torch.Tensor:
+        """Generator: standardised latent ``(N, D)`` + noise ``(N, d)`` -> standardised ``(N, 3 n_atoms)``.
+
+        ``averaged``: use the exponential moving average of the generator's
+        weights (when ``ema_decay > 0``; :meth:`decode` does), not the weights
+        being trained.
+        """
+        net = self.generator_average if averaged and self.ema_decay > 0 else self.generator
+        return net(torch.cat([u, noise], dim=1))
+
+    def critic_input(self, y: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """What the critic sees: standardised coordinates, then (if enabled) standardised
+        pair distances and sin/cos of the critic torsions, then the latent condition."""
+        parts = [y]
+        if len(self.pair_index[0]) or len(self.torsion_index):
+            x = self._coords_out(y)
+            if len(self.pair_index[0]):
+                parts.append((self._pair_distances(x) - self.distance_shift) / self.distance_scale)
+            if len(self.torsion_index):
+                parts.append(torsion_sin_cos(x, self.torsion_index))
+        parts.append(u)
+        return torch.cat(parts, dim=1)
 
     def score(self, y: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Critic: standardised coordinates ``(N, 3 n_atoms)`` and latent ``(N, D)`` -> ``(N,)``."""
-        return self.critic(torch.cat([y, u], dim=1)).squeeze(1)
+        return self.critic(self.critic_input(y, u)).squeeze(1)
+
+    @torch.no_grad()
+    def _update_average(self) -> None:
+        r"""One step of the generator's weight average, :math:`\bar w \leftarrow \beta \bar w + (1-\beta) w`,
+        with :math:`\beta = \min(\text{ema\_decay}, (1 + t)/(10 + t))` at generator step :math:`t`
+        (a short memory while the weights move fast)."""
+        t = int(self.critic_steps) // self.n_critic
+        beta = min(self.ema_decay, (1.0 + t) / (10.0 + t))
+        for avg, w in zip(self.generator_average.parameters(), self.generator.parameters()):
+            avg.lerp_(w, 1.0 - beta)
 
     def gradient_penalty(
         self, real: torch.Tensor, fake: torch.Tensor, u: torch.Tensor, eps: torch.Tensor | None = None
@@ -351,7 +473,7 @@ class CWGANDecoder(nn.Module):
         u = self._latent_in(latent)
         if noise is None:
             noise = torch.randn((len(u), self.noise_dim), dtype=u.dtype, device=u.device)
-        return self._coords_out(self.generate(u, noise))
+        return self._coords_out(self.generate(u, noise, averaged=True))
 
     # -- training ----------------------------------------------------------------------
     def configure_optimizers(self, lr: float, weight_decay: float = 0.0) -> dict[str, torch.optim.Optimizer]:
@@ -395,6 +517,8 @@ class CWGANDecoder(nn.Module):
                 noise = torch.randn((len(u), self.noise_dim), dtype=u.dtype, device=u.device)
                 g_loss = -self.score(self.generate(u, noise), u).mean()
                 ok = self._update(g_loss, self.generator, optimizers["generator"])
+                if ok and self.ema_decay > 0:
+                    self._update_average()
             finally:
                 self.critic.requires_grad_(True)
             metrics["generator_loss"] = float(g_loss.detach()) if ok else math.nan
@@ -472,5 +596,5 @@ class CWGANDecoder(nn.Module):
             for a in range(0, len(psi), batch_size):
                 u = self._latent_in(psi[a : a + batch_size])
                 noise = torch.randn((len(u), self.noise_dim), generator=gen, dtype=u.dtype, device=u.device)
-                out[a : a + len(u)] = self._coords_out(self.generate(u, noise)).cpu().numpy()
+                out[a : a + len(u)] = self._coords_out(self.generate(u, noise, averaged=True)).cpu().numpy()
         return out
