@@ -494,7 +494,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return status
     print(f"lss demo: done in {time.perf_counter() - t0:.0f} s. MD store {store}; model and training figures "
           f"{model}; MD-vs-LSS report {model / 'validation'} (fes_md_vs_lss.png, autocorrelation.png, "
-          f"metrics.json); synthetic trajectories {out}/synth_*.dcd with {out}/synth_topology.pdb")
+          f"ramachandran_md_vs_lss.png, metrics.json); synthetic trajectories {out}/synth_*.dcd with "
+          f"{out}/synth_topology.pdb")
     return 0
 
 

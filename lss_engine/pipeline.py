@@ -515,7 +515,7 @@ def validate_simulator(model_dir: str | os.PathLike, stores: Sequence[Any], out:
     from . import kinetics
     from .kinetics import plots
     from .simulator import LatentSpaceSimulator
-    from .structure import compare_structures
+    from .structure import backbone_torsions, compare_structures
 
     model_dir = Path(model_dir)
     out = model_dir / "validation" if out is None else Path(out)
@@ -564,6 +564,18 @@ def validate_simulator(model_dir: str | os.PathLike, stores: Sequence[Any], out:
     half = len(md_xyz) // 2
     metrics["structures_md_first_vs_second_half"] = compare_structures(md_xyz[:half], md_xyz[half:],
                                                                        sim.mdtraj_topology)
+    try:  # Ramachandran plots of MD and decoded frames, when the decoded atoms hold a phi and a psi
+        torsions = [backbone_torsions(x, sim.mdtraj_topology) for x in (md_xyz, decoded)]
+    except LssError:
+        torsions = []
+    if torsions:
+        full = [(-np.pi, np.pi), (-np.pi, np.pi)]
+        surfaces = [kinetics.free_energy_2d(phi[:, 0], psi[:, 0], bins=50, range=full) for phi, psi in torsions]
+        top = float(np.nanmax(surfaces[0].free_energy))  # one colour scale: MD's range
+        plots.save_figure(plots.plot_free_energy(surfaces, labels=["MD", "LSS (decoded)"], xlabel="φ (rad)",
+                                                 ylabel="ψ (rad)", vmax=top, title="Ramachandran free energy"),
+                          out / "ramachandran_md_vs_lss.png")
+        metrics["figures"].append("ramachandran_md_vs_lss.png")
     write_json_atomic(out / "metrics.json", _jsonable(metrics))
     return metrics
 

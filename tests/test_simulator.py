@@ -125,6 +125,8 @@ def test_command_line_train_all_stages_then_generate(ala2_store, tmp_path, capsy
     assert {"fes_psi1_rmse_kT", "relaxation_times_ps", "structures"} <= set(metrics)
     assert "ramachandran_js" in metrics["structures"] and "bond_mae_nm" in metrics["structures"]
     assert (model / "validation" / "fes_md_vs_lss.png").exists()
+    assert "ramachandran_md_vs_lss.png" in metrics["figures"]
+    assert (model / "validation" / "ramachandran_md_vs_lss.png").exists()
     assert main(["generate", str(model), "--steps", "12", "--walkers", "2", "--out", str(tmp_path / "g.xtc"),
                  "--seed", "1", "--start", f"{ala2_store}:5", "--no-progress"]) == 0
     assert "frames/s" in capsys.readouterr().out
