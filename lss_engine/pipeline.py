@@ -476,7 +476,7 @@ def train_decoder(model_dir: str | os.PathLike, stores: Sequence[Any], settings:
         try:
             torsions = proper_torsions(topology_bonds(stores[0].topology)).tolist()
         except LssError:  # no bonds between the saved atoms (e.g. C-alpha only): distances only
-            torsions = []
+            pass
 
     def factory(seed: int) -> CWGANDecoder:
         return CWGANDecoder(n_latent, n_atoms, noise_dim=settings.noise_dim, hidden=tuple(settings.hidden),

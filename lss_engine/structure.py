@@ -5,8 +5,9 @@ structures it makes, compared as ensembles with molecular dynamics frames of
 the same atoms (positions in nm, ``(n_frames, n_atoms, 3)``):
 
 * **bonded distances** - :func:`bond_lengths` over a topology's bonds
-  (:func:`topology_bonds`; their torsions: :func:`proper_torsions`); :func:`bond_length_mae` is the mean absolute
-  difference of the per-bond mean lengths of two ensembles, in nm;
+  (:func:`topology_bonds`; the torsions of those bonds: :func:`proper_torsions`);
+  :func:`bond_length_mae` is the mean absolute difference of the per-bond
+  mean lengths of two ensembles, in nm;
 * **radius of gyration** - :func:`radius_of_gyration` (unweighted, as
   ``mdtraj.compute_rg``), its mean and spread;
 * **pair distances** - :func:`pair_distances` of all (or given) atom pairs,
@@ -106,14 +107,13 @@ def proper_torsions(bonds: Any) -> np.ndarray:
     atoms, once per central bond (``j < k``), sorted.  ``bonds`` is an
     ``(n_bonds, 2)`` index array, e.g. :func:`topology_bonds`.
     """
-    b = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
+    edges = {tuple(sorted(map(int, e))) for e in np.asarray(bonds, dtype=np.int64).reshape(-1, 2) if e[0] != e[1]}
     neighbours: dict[int, set[int]] = {}
-    for i, j in b:
-        if i != j:
-            neighbours.setdefault(int(i), set()).add(int(j))
-            neighbours.setdefault(int(j), set()).add(int(i))
-    quads = sorted({(i, j, k, l) for j, k in (sorted(map(int, e)) for e in b if e[0] != e[1])
-                    for i in neighbours[j] - {k} for l in neighbours[k] - {j} if i != l})
+    for i, j in edges:
+        neighbours.setdefault(i, set()).add(j)
+        neighbours.setdefault(j, set()).add(i)
+    quads = sorted((i, j, k, l) for j, k in edges
+                   for i in neighbours[j] - {k} for l in neighbours[k] - {j} if i != l)
     return np.array(quads, dtype=np.int64).reshape(-1, 4)
 
 

@@ -298,8 +298,11 @@ class CWGANDecoder(nn.Module):
         self.critic = make_mlp(n_critic_in, self.critic_hidden, 1, self.activation).to(torch_dtype)
         if self.ema_decay > 0:
             self.generator_average = copy.deepcopy(self.generator).requires_grad_(False)
-        self.register_buffer("pair_index", torch.triu_indices(self.n_atoms, self.n_atoms, 1)[:, :n_pairs].clone())
-        self.register_buffer("torsion_index", torch.as_tensor(self.critic_torsions, dtype=torch.int64).reshape(-1, 4))
+        # index tensors follow from the config: on the model's device, not in its state
+        self.register_buffer("pair_index", torch.triu_indices(self.n_atoms, self.n_atoms, 1)[:, :n_pairs].clone(),
+                             persistent=False)
+        self.register_buffer("torsion_index", torch.as_tensor(self.critic_torsions, dtype=torch.int64).reshape(-1, 4),
+                             persistent=False)
         self.register_buffer("distance_shift", torch.zeros(n_pairs, dtype=torch_dtype))
         self.register_buffer("distance_scale", torch.ones(n_pairs, dtype=torch_dtype))
         self.register_buffer("latent_shift", torch.zeros(self.n_latent, dtype=torch_dtype))
@@ -363,7 +366,7 @@ class CWGANDecoder(nn.Module):
                 "coord_scale": flat.std(dim=0, unbiased=False).clamp_min(self.min_coord_std),
                 "reference": reference,
             }
-            if len(self.pair_index[0]):
+            if self.critic_distances:
                 dist = self._pair_distances(x)
                 values["distance_shift"] = dist.mean(dim=0)
                 values["distance_scale"] = dist.std(dim=0, unbiased=False).clamp_min(self.min_coord_std)
@@ -427,12 +430,11 @@ class CWGANDecoder(nn.Module):
         """What the critic sees: standardised coordinates, then (if enabled) standardised
         pair distances and sin/cos of the critic torsions, then the latent condition."""
         parts = [y]
-        if len(self.pair_index[0]) or len(self.torsion_index):
-            x = self._coords_out(y)
-            if len(self.pair_index[0]):
-                parts.append((self._pair_distances(x) - self.distance_shift) / self.distance_scale)
-            if len(self.torsion_index):
-                parts.append(torsion_sin_cos(x, self.torsion_index))
+        x = self._coords_out(y) if self.critic_distances or self.critic_torsions else None
+        if self.critic_distances:
+            parts.append((self._pair_distances(x) - self.distance_shift) / self.distance_scale)
+        if self.critic_torsions:
+            parts.append(torsion_sin_cos(x, self.torsion_index))
         parts.append(u)
         return torch.cat(parts, dim=1)
 
