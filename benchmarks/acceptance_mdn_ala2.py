@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--workdir", default="runs/acceptance_mdn_ala2")
     parser.add_argument("--lag", default=None, help="propagator lag (default: the encoder's)")
     parser.add_argument("--walkers", type=int, default=10)
-    parser.add_argument("--components", type=int, default=8)
+    parser.add_argument("--components", type=int, default=24, help="(default: %(default)s, as PropagatorSettings)")
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--transform", default="quantile", choices=["quantile", "standard"],
                         help="coordinates of the MDN (default: %(default)s)")

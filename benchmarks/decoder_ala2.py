@@ -44,6 +44,9 @@ def main() -> None:
     parser.add_argument("--lr-patience", type=int, default=4, help="halve the learning rate after this many "
                         "epochs without a better structure score")
     parser.add_argument("--critic-distances", action="store_true", help="the critic also sees all pair distances")
+    parser.add_argument("--critic-cutoff", type=float, default=None,
+                        help="with --critic-distances: only the pairs closer than this (nm) in the training mean "
+                             "structure plus the 1-2/1-3/1-4 bonded ones (lss train's default: 0.8)")
     parser.add_argument("--critic-torsions", action="store_true",
                         help="the critic also sees sin/cos of every proper torsion of the decoded atoms")
     parser.add_argument("--ema", type=float, default=0.0, help="decay of the generator's weight average (0: off)")
@@ -60,10 +63,11 @@ def main() -> None:
     from lss_engine.bundle import ModelBundle
     from lss_engine.decoder_data import DecoderDataset
     from lss_engine.models import CWGANDecoder
+    from lss_engine.models.cwgan import select_critic_pairs
     from lss_engine.pipeline import load_encoder
     from lss_engine.store import open_store
-    from lss_engine.structure import (backbone_torsions, compare_structures, proper_torsions, ramachandran_js,
-                                      topology_bonds)
+    from lss_engine.structure import (backbone_torsions, bonded_pairs, compare_structures, proper_torsions,
+                                      ramachandran_js, topology_bonds)
     from lss_engine.train import TrainConfig, fit
 
     torch.set_num_threads(args.threads)
@@ -83,10 +87,15 @@ def main() -> None:
 
     hidden = tuple(int(h) for h in args.hidden.split(","))
     torsions = proper_torsions(topology_bonds(store.topology)).tolist() if args.critic_torsions else ()
+    pairs = None
+    if args.critic_distances and args.critic_cutoff is not None:
+        mean = train.arrays()[1].double().mean(dim=0).numpy()
+        pairs = select_critic_pairs(mean, args.critic_cutoff, bonded_pairs(topology_bonds(store.topology))).tolist()
+        print(f"critic pairs: {len(pairs)} of {data.n_atoms * (data.n_atoms - 1) // 2}")
 
     def factory(seed: int) -> CWGANDecoder:
         return CWGANDecoder(data.n_latent, data.n_atoms, noise_dim=args.noise_dim, hidden=hidden,
-                            n_critic=args.n_critic, critic_distances=args.critic_distances,
+                            n_critic=args.n_critic, critic_distances=args.critic_distances, critic_pairs=pairs,
                             critic_torsions=torsions, ema_decay=args.ema).fit_normalization(train)
 
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,

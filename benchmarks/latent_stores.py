@@ -124,7 +124,7 @@ def main() -> None:
             t0 = time.perf_counter()
             multi = MultiStoreWriter.create([target / f"walker_{i:03d}.zarr" for i in range(w)], timestep_ps=1.0,
                                             report_interval=1, temperature_K=None, observables=[block],
-                                            chunk_frames=c, reserve_frames=s + 1, threads=threads)
+                                            chunk_frames=c, threads=threads)
             t_create = time.perf_counter() - t0
             multi.append(steps, steps * 1.0, features={"latent": frames})
             t0 = time.perf_counter()

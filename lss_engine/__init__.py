@@ -20,7 +20,7 @@ _LAZY = {
     "open_stores": "lss_engine.store",
     "get_system": "lss_engine.systems",
     "TimeLaggedDataset": "lss_engine.data",
-    "LatentSimulation": "lss_engine.integrator",
+    "LatentSimulation": "lss_engine.replay",
     "LatentSpaceSimulator": "lss_engine.simulator",
 }
 

@@ -12,8 +12,11 @@ A model directory holds::
 by name from the file — its constructor config, and any JSON metadata (lag,
 feature spec, normaliser). Every tensor file is listed with its SHA-256, so a
 truncated or altered file is refused with a clear message. Files are written
-to a temporary name and renamed into place, tensors first and ``model.json``
+to a temporary name, flushed and renamed into place
+(:func:`lss_engine._helpers.atomic_write_bytes`), tensors first and ``model.json``
 last, so a SIGKILL never leaves a directory that loads inconsistent weights.
+``model.json`` is strict JSON: non-finite numbers in metadata (an infinite
+implied timescale) are written as ``null``.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ._helpers import atomic_write_bytes, atomic_write_json, first_line
 from .errors import LssError
 from .provenance import provenance as _provenance
 
@@ -53,15 +57,6 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to ``path`` via a temporary file and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=False, allow_nan=True)
-        fh.write("\n")
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -94,7 +89,7 @@ class ModelBundle:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the bundle into directory ``path`` (created if needed)."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save as save_tensors
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -107,9 +102,7 @@ class ModelBundle:
         for name, stage in self.stages.items():
             filename = f"{name}.safetensors"
             tensors = {k: v.detach().cpu().contiguous() for k, v in stage.model.state_dict().items()}
-            tmp = path / f".{filename}.partial"
-            save_file(tensors, str(tmp))
-            os.replace(tmp, path / filename)
+            atomic_write_bytes(path / filename, save_tensors(tensors))
             manifest["stages"][name] = {
                 "type": _model_type(stage.model),
                 "config": stage.model.config(),
@@ -117,7 +110,7 @@ class ModelBundle:
                 "sha256": sha256(path / filename),
                 "meta": stage.meta,
             }
-        write_json_atomic(path / MANIFEST, manifest)
+        atomic_write_json(path / MANIFEST, manifest, indent=2)
         return path
 
     @classmethod
@@ -150,10 +143,15 @@ class ModelBundle:
             )
         registry = _registry()
         bundle = cls(provenance=manifest.get("provenance", {}))
-        for name, entry in manifest.get("stages", {}).items():
+        stages = manifest.get("stages", {})
+        if not isinstance(stages, dict) or not all(isinstance(e, dict) for e in stages.values()):
+            raise LssError(f"{manifest_path} is garbled: 'stages' is not a mapping of stage records")
+        for name, entry in stages.items():
             kind = entry.get("type")
             if kind not in registry:
                 raise LssError(f"{path}: stage {name!r} has unknown network type {kind!r}")
+            if not isinstance(entry.get("file"), str) or not isinstance(entry.get("config"), dict):
+                raise LssError(f"{manifest_path} is garbled: stage {name!r} lacks its file or config")
             file = path / Path(entry["file"]).name  # never leave the directory
             if not file.is_file():
                 raise LssError(f"{path}: {file.name} is missing")
@@ -163,12 +161,15 @@ class ModelBundle:
                 tensors = load_file(str(file), device=device)
             except SafetensorError as exc:
                 raise LssError(f"{path}: {file.name} is not a valid safetensors file ({exc})") from None
-            model = registry[kind](entry["config"])
+            try:
+                model = registry[kind](entry["config"])
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+                raise LssError(f"{path}: stage {name!r} has a config that does not build a {kind} "
+                               f"({exc.__class__.__name__}: {first_line(exc)})") from None
             try:
                 model.load_state_dict(tensors)
             except RuntimeError as exc:
-                first = str(exc).splitlines()[0]
-                raise LssError(f"{path}: {file.name} does not fit its config ({first})") from None
+                raise LssError(f"{path}: {file.name} does not fit its config ({first_line(exc)})") from None
             model.eval()
             bundle.stages[name] = Stage(name, model, dict(entry.get("meta", {})))
         return bundle

@@ -12,10 +12,11 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from .errors import LssError
-from .units import format_time_ps, parse_time_ps
+from ._helpers import first_line, positive_int
+from .errors import LssError, OutputExistsError
+from .units import format_time_ps
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -29,6 +30,12 @@ def _system_names() -> list[str]:
     from .systems import list_systems
 
     return list_systems()
+
+
+def _add_skip_damaged(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--skip-damaged", action="store_true",
+                        help="treat damaged frame ranges of the stores as trajectory breaks (each store is "
+                             "verified first, reading every chunk) instead of refusing them")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -68,7 +75,11 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="atoms whose positions are stored: all, heavy, ca, backbone, none, or an mdtraj "
                           "selection (default: %(default)s)")
     sim.add_argument("--out", required=True, metavar="STORE", help="output store directory, e.g. runs/ala2.zarr")
-    sim.add_argument("--seed", type=int, default=None, help="random seed for velocities and the integrator")
+    sim.add_argument("--seed", type=int, default=None,
+                     help="random seed for velocities and the integrator (walker k: SEED + k)")
+    sim.add_argument("--walkers", type=int, default=1, metavar="N",
+                     help="independent walkers, each --ns long with its own seed, run in parallel processes "
+                          "(one per core): STORE md.zarr gives md_0.zarr, md_1.zarr, ... (default: %(default)s)")
     sim.add_argument("--platform", default="auto",
                      help="OpenMM platform: auto (fastest for this system), Reference, CPU, CUDA, OpenCL")
     sim.add_argument("--equilibrate", default="10ps", metavar="TIME",
@@ -89,6 +100,7 @@ def _build_parser() -> argparse.ArgumentParser:
                     "three stages, a validation report in MODEL_DIR/validation (FES and autocorrelations of MD "
                     "vs LSS, decoded structure quality). Run again with the same arguments to resume.")
     tr.add_argument("stores", nargs="+", metavar="STORE", help="trajectory stores (paths or glob patterns)")
+    _add_skip_damaged(tr)
     tr.add_argument("--stages", default="encoder,propagator,decoder",
                     help="comma-separated stages: encoder, propagator, decoder; later stages alone add to an "
                          "existing --out model (default: %(default)s)")
@@ -98,20 +110,27 @@ def _build_parser() -> argparse.ArgumentParser:
                                                "number of states (default: %(default)s)")
     tr.add_argument("--hidden", default=None, help="hidden layer widths, e.g. 100,100 (default: SRV 100,100; "
                                                    "VAMPNet 64,32,16)")
-    tr.add_argument("--epochs", type=int, default=100, help="maximum epochs per restart (default: %(default)s)")
+    tr.add_argument("--epochs", type=int, default=60, help="maximum encoder epochs per restart (default: %(default)s)")
     tr.add_argument("--pretrain-epochs", type=int, default=0, help="VAMPNet: VAMP-1 epochs before VAMP-2")
     tr.add_argument("--batch-size", type=int, default=1000, help="pairs per batch (default: %(default)s)")
     tr.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate (default: %(default)s)")
     tr.add_argument("--restarts", type=int, default=3, help="independent restarts; the best is kept (default: %(default)s)")
     tr.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (default: %(default)s)")
     tr.add_argument("--val-fraction", type=float, default=0.2, help="validation share (default: %(default)s)")
+    tr.add_argument("--val-split", choices=["auto", "blocks", "interleaved", "trajectories"], default="auto",
+                    help="how the encoder's and propagator's validation part is chosen: auto (whole trajectories "
+                         "when there are 5 or more, else random blocks), interleaved (every 5th of 100 blocks: a "
+                         "rarely visited state lands in both parts) (default: %(default)s)")
     tr.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     tr.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda")
+    tr.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: OMP_NUM_THREADS if set, else half the cores, 1 to 4: "
+                        "stays fast when other processes share the cores)")
     tr.add_argument("--propagator", choices=["mdn", "lstm"], default="mdn",
                     help="latent propagator: mdn (mixture density network on the SRV latent space) or lstm "
                          "(language model on the binned first slow coordinate) (default: %(default)s)")
     tr.add_argument("--propagator-lag", default=None, help="propagator time step (default: the encoder's lag)")
-    tr.add_argument("--components", type=int, default=8, help="MDN mixture components (default: %(default)s)")
+    tr.add_argument("--components", type=int, default=24, help="MDN mixture components (default: %(default)s)")
     tr.add_argument("--mdn-transform", choices=["quantile", "standard"], default="quantile",
                     help="coordinates the MDN works in: quantile (marginal Gaussianisation; suits latent "
                          "coordinates with sharp edges and gaps) or standard scores (default: %(default)s)")
@@ -120,6 +139,10 @@ def _build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--decoder-epochs", type=int, default=60, help="decoder (cWGAN) epochs (default: %(default)s)")
     tr.add_argument("--decoder-stride", type=int, default=1,
                     help="train the decoder on every n-th frame (default: %(default)s)")
+    tr.add_argument("--decoder-alignment", choices=["auto", "kabsch", "none"], default="auto",
+                    help="superpose the decoder's training frames (kabsch) or keep absolute positions (none); "
+                         "auto: none for fewer than 3 saved atoms or particles without bonds or standard "
+                         "residues (toy potentials), kabsch for molecules (default: %(default)s)")
     tr.add_argument("--no-validation", action="store_true", help="skip the MD-vs-LSS validation report")
     tr.add_argument("--out", required=True, metavar="MODEL_DIR", help="output model directory")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -142,20 +165,28 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="start from a frame of a store or from a PDB of the whole system (default: points "
                           "drawn from the training data)")
     gen.add_argument("--seed", type=int, default=None, help="random seed")
+    gen.add_argument("--threads", type=int, default=None, metavar="N",
+                    help="torch CPU threads (default: OMP_NUM_THREADS if set, else half the cores, 1 to 4: "
+                         "stays fast when other processes share the cores)")
     gen.add_argument("--overwrite", action="store_true", help="replace existing output files")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     demo = sub.add_parser(
-        "demo", help="simulate alanine dipeptide, train a simulator, generate and report (about 10 min)",
+        "demo", help="simulate alanine dipeptide, train a simulator, generate and report (under 10 min on 2 cores)",
         description="The whole latent space simulator on alanine dipeptide in vacuum at 450 K: MD with lss "
                     "simulate (--ns), lss train (SRV, MDN, cWGAN), lss generate (--generate-ns per walker), "
                     "and a report of MD vs LSS in OUT/model/validation.")
     demo.add_argument("--out", default="runs/demo", metavar="DIR", help="working directory (default: %(default)s)")
-    demo.add_argument("--ns", type=float, default=20.0, help="MD for training, ns (default: %(default)s)")
+    demo.add_argument("--ns", type=float, default=10.0,
+                      help="MD for training per MD walker, ns (default: %(default)s)")
+    demo.add_argument("--md-walkers", type=int, default=2,
+                      help="MD walkers, run in parallel processes (default: %(default)s)")
     demo.add_argument("--generate-ns", type=float, default=100.0,
                       help="synthetic time per walker, ns (default: %(default)s)")
     demo.add_argument("--walkers", type=int, default=2, help="synthetic walkers (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=1, help="random seed (default: %(default)s)")
+    demo.add_argument("--threads", type=int, default=None, metavar="N",
+                      help="torch CPU threads of lss train and lss generate (default: theirs)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     sl = sub.add_parser("sample-latent", help="generate synthetic latent trajectories with a model's propagator",
@@ -166,12 +197,17 @@ def _build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--walkers", type=int, default=1, help="independent walkers (default: %(default)s)")
     sl.add_argument("--out", required=True, metavar="DIR", help="output directory of walker stores")
     sl.add_argument("--seed", type=int, default=None, help="random seed")
+    sl.add_argument("--overwrite", action="store_true", help="replace the walker stores of an earlier run in --out")
+    sl.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: OMP_NUM_THREADS if set, else half the cores, 1 to 4: "
+                        "stays fast when other processes share the cores)")
     sl.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     an = sub.add_parser("analyze", help="redraw a model's kinetic analysis on any stores",
                         description="Implied timescales, CK test and FES of a trained encoder on the given stores.")
     an.add_argument("model", metavar="MODEL_DIR")
     an.add_argument("stores", nargs="+", metavar="STORE")
+    _add_skip_damaged(an)
     an.add_argument("--out", default=None, metavar="DIR", help="where figures and metrics.json go "
                                                              "(default: MODEL_DIR/analysis)")
 
@@ -179,128 +215,84 @@ def _build_parser() -> argparse.ArgumentParser:
                           description="Print frames, time span, features, saved atoms and schema version of stores.")
     info.add_argument("stores", nargs="+", metavar="STORE")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info.add_argument("--verify", action="store_true", help="also read every chunk and report damage (as lss verify)")
+
+    ver = sub.add_parser("verify", help="read every chunk of stores and report damaged frame ranges",
+                         description="Check every committed chunk of each store (files present, checksums, "
+                                     "step order). Exit status 1 if any store is damaged.")
+    ver.add_argument("stores", nargs="+", metavar="STORE")
+    ver.add_argument("--json", action="store_true", help="print JSON instead of text")
     return parser
 
 
 # ---------------------------------------------------------------------------
 # lss simulate
 # ---------------------------------------------------------------------------
-def _report_interval_steps(text: str, timestep_ps: float) -> int:
-    text = text.strip()
-    if text.isdigit() or text.endswith("steps"):
-        steps = int(text.removesuffix("steps").strip())
-    else:
-        ratio = parse_time_ps(text) / timestep_ps
-        steps = round(ratio)
-        if steps < 1 or abs(ratio - steps) > 1e-6 * ratio:
-            raise LssError(
-                f"--report-interval {text} is not a whole number of {timestep_ps:g} ps steps"
-            )
-    if steps < 1:
-        raise LssError("--report-interval must be at least one step")
-    return steps
-
-
-def _checkpoint_path(store: Path) -> Path:
-    return store.with_name(store.name + ".state.xml")
-
-
-def _save_checkpoint(simulation, path: Path) -> None:
-    """OpenMM state XML (no pickle), written atomically."""
-    tmp = path.with_name(path.name + ".partial")
-    simulation.saveState(str(tmp))
-    os.replace(tmp, path)
-
-
-def _default_features(test_system) -> str:
-    residues = [r.name for r in test_system.topology.residues()]
-    return "backbone-torsions,heavy-atom-distances" if "ALA" in residues or len(residues) > 1 else "positions"
-
-
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from openmm import unit
 
-    from .features import build_featurizer, select_atoms
-    from .reporters import ZarrReporter
+    from .md import MDInterrupted, MDRun, to_steps
     from .systems import get_system
 
     kwargs = {} if args.temperature is None else {"temperature": args.temperature}
     test_system = get_system(args.system, **kwargs)
-    timestep_ps = test_system.timestep._value
-    interval = _report_interval_steps(args.report_interval, timestep_ps)
-    if args.steps is not None:
-        total_steps = args.steps
-    else:
-        ns = 1.0 if args.ns is None else args.ns
-        total_steps = round(ns * 1000.0 / timestep_ps)
-    if total_steps < 1:
+    dt = test_system.timestep
+    steps = args.steps if args.steps is not None else (1.0 if args.ns is None else args.ns) * unit.nanosecond
+    if (args.steps if args.steps is not None else args.ns if args.ns is not None else 1) <= 0:
         raise LssError("nothing to simulate: --ns/--steps must be positive")
-    out = Path(args.out)
-    checkpoint = _checkpoint_path(out)
-    if args.resume and not checkpoint.exists():
-        raise LssError(f"--resume: no checkpoint {checkpoint} (was the run started with this lss?)")
-    if out.exists() and not (args.overwrite or args.resume):
-        raise LssError(f"{out} exists; use --resume to continue it or --overwrite to replace it")
-
-    features = _default_features(test_system) if args.features == "auto" else args.features
-    featurizer = None
-    if features.strip().lower() != "none":  # resolved now, so a bad name fails before any MD
-        featurizer = build_featurizer(features, test_system.topology,
-                                      reference_positions=test_system.positions._value)
-    atoms = None if args.save_atoms == "all" else args.save_atoms
-    if atoms is not None:
-        select_atoms(test_system.topology, atoms)
-
-    simulation = test_system.make_simulation(platform=args.platform, seed=args.seed)
-    if args.resume:
-        simulation.loadState(str(checkpoint))
-        state = simulation.context.getState()
-        simulation.currentStep = int(round(state.getTime()._value / timestep_ps))
-    else:
-        equil = round(parse_time_ps(args.equilibrate) / timestep_ps)
-        if equil > 0:
-            simulation.step(equil)
-        simulation.currentStep = 0
-        simulation.context.setTime(0.0)
-        simulation.context.setStepCount(0)
-
-    reporter = ZarrReporter(out, interval, featurizer=featurizer, atoms=atoms, append=args.resume,
-                            flush_interval=args.flush_interval, overwrite=args.overwrite and not args.resume,
-                            seed=args.seed)
-    simulation.reporters.append(reporter)
-    platform = simulation.context.getPlatform().getName()
-    remaining = total_steps - simulation.currentStep
-    print(f"lss simulate: {test_system.name} at {test_system.temperature._value:g} K on {platform}, "
-          f"{format_time_ps(total_steps * timestep_ps)} ({total_steps} steps), a frame every {interval} steps "
-          f"-> {out}", flush=True)
-    chunk = interval * args.flush_interval  # checkpoints coincide with committed frames
-    bar = tqdm(total=total_steps, initial=simulation.currentStep, unit="step", unit_scale=True,
-               disable=args.no_progress, dynamic_ncols=True, desc="MD")
-    start_wall, start_step = time.perf_counter(), simulation.currentStep
+    if args.walkers != 1:
+        return _simulate_walkers(args, test_system, steps, kwargs)
+    run = MDRun(test_system, args.out, steps=steps,
+                report_interval=to_steps(args.report_interval, dt, "--report-interval"),
+                equilibrate=to_steps(args.equilibrate, dt, "--equilibrate", exact=False),
+                featurizer=args.features, atoms=args.save_atoms, platform=args.platform, seed=args.seed,
+                resume=args.resume, overwrite=args.overwrite, flush_interval=args.flush_interval)
+    print(f"lss simulate: {run.name} at {run.temperature_K:g} K on {run.platform}, "
+          f"{format_time_ps(run.total_steps * run.timestep_ps)} ({run.total_steps} steps), a frame every "
+          f"{run.report_interval} steps -> {run.store}", flush=True)
     try:
-        while simulation.currentStep < total_steps:
-            n = min(chunk - simulation.currentStep % chunk, total_steps - simulation.currentStep)
-            simulation.step(n)
-            reporter.flush()
-            _save_checkpoint(simulation, checkpoint)
-            bar.update(n)
-            elapsed = time.perf_counter() - start_wall
-            ns_day = (simulation.currentStep - start_step) * timestep_ps * 1e-3 / max(elapsed, 1e-9) * 86400
-            bar.set_postfix_str(f"{ns_day:.3g} ns/day, {reporter.frames_committed} frames")
-    except KeyboardInterrupt:
-        reporter.close()
-        _save_checkpoint(simulation, checkpoint)  # the state matches the last committed frame's step or later
-        bar.close()
-        print(f"\ninterrupted at step {simulation.currentStep}: {reporter.frames_committed} frames are safe in "
-              f"{out}; continue with the same command plus --resume", file=sys.stderr)
+        result = run.run(progress=not args.no_progress)
+    except MDInterrupted as exc:
+        print(f"\ninterrupted at step {exc.result.step}: {exc.result.frames} frames are safe in {exc.result.store}; "
+              f"continue with the same command plus --resume", file=sys.stderr)
         return 130
-    finally:
-        reporter.close()
-        bar.close()
-    if remaining <= 0:
+    if args.resume and result.steps_run == 0:
         print("lss simulate: the run was already complete")
-    store = reporter.open()
-    print(f"lss simulate: {store.n_frames} frames, {store.n_features} features in {out} (details: lss info {out})")
+    print(f"lss simulate: {result.frames} frames, {result.n_features} features in {result.store} "
+          f"(details: lss info {result.store})")
+    return 0
+
+
+def _simulate_walkers(args: argparse.Namespace, test_system, steps, system_kwargs: dict) -> int:
+    """``lss simulate --walkers N``: N walkers in parallel processes (:func:`lss_engine.md.run_md_walkers`)."""
+    from openmm import unit
+
+    from .md import MDInterrupted, run_md_walkers, to_steps, walker_stores
+
+    if args.walkers < 1:
+        raise LssError(f"--walkers must be at least 1, got {args.walkers}")
+    dt = test_system.timestep
+    total = to_steps(steps, dt, "--ns", exact=False)
+    paths = walker_stores(args.out, args.walkers)
+    print(f"lss simulate: {test_system.name} at {test_system.temperature.value_in_unit(unit.kelvin):g} K, "
+          f"{args.walkers} walkers × {format_time_ps(total * dt._value)} ({total} steps each) in parallel "
+          f"processes -> {paths[0]} ... {paths[-1]}", flush=True)
+    try:
+        results = run_md_walkers(args.system, args.out, args.walkers, system_kwargs=system_kwargs, steps=total,
+                                 report_interval=to_steps(args.report_interval, dt, "--report-interval"),
+                                 equilibrate=to_steps(args.equilibrate, dt, "--equilibrate", exact=False),
+                                 featurizer=args.features, atoms=args.save_atoms, platform=args.platform,
+                                 seed=args.seed, resume=args.resume, overwrite=args.overwrite,
+                                 flush_interval=args.flush_interval, progress=not args.no_progress)
+    except MDInterrupted as exc:
+        done = [r for r in getattr(exc, "results", [exc.result]) if r is not None]
+        print(f"\ninterrupted: {sum(r.frames for r in done)} frames are safe in {len(done)} walker store(s); "
+              f"continue with the same command plus --resume", file=sys.stderr)
+        return 130
+    ns_day = sum(r.ns_per_day for r in results)
+    print(f"lss simulate: {args.walkers} walkers, {sum(r.frames for r in results)} frames, "
+          f"{results[0].n_features} features, {ns_day:.3g} ns/day together "
+          f"-> {', '.join(str(r.store) for r in results)} (details: lss info {paths[0]})")
     return 0
 
 
@@ -310,7 +302,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def _format_info(info: dict) -> str:
     span = (
         f"{format_time_ps(info['time_start_ps'])} – {format_time_ps(info['time_end_ps'])}"
-        if info["frames"] else "empty"
+        if info["time_start_ps"] is not None else "empty" if not info["frames"] else "unknown (damaged)"
     )
     obs = ", ".join(f"{name} ({n})" for name, n in info["observables"].items()) or "none"
     atoms = (f"{info['saved_atoms']} of {info['n_atoms_system']} (particles/{info['particles_group']})"
@@ -329,71 +321,113 @@ def _format_info(info: dict) -> str:
         f"periodic       {'yes' if info['periodic'] else 'no'}",
         f"created        {info['created']}",
     ]
+    if info["missing_chunks"] and "damage" not in info:
+        lines.append("integrity      DAMAGED: " + "; ".join(info["missing_chunks"]))
+    if "damage" in info:
+        lines.append("integrity      " + ("intact (every chunk read)" if not info["damage"] else
+                                        "DAMAGED: " + "; ".join(info["damage"])))
     return "\n".join(lines)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .store import open_stores
 
-    infos = [store.info() for store in open_stores(args.stores)]
+    stores = open_stores(args.stores)
+    infos = [store.info() for store in stores]
+    damaged = sum(bool(info["missing_chunks"]) for info in infos)
+    if args.verify:
+        for store, info in zip(stores, infos):
+            info["damage"] = [str(d) for d in store.verify(progress=not args.json)]
+            damaged += bool(info["damage"]) and not info["missing_chunks"]
     if args.json:
         print(json.dumps(infos if len(infos) > 1 else infos[0], indent=2))
     else:
         print("\n\n".join(_format_info(i) for i in infos))
-    return 0
+    if damaged:
+        print(f"lss info: error: {damaged} of {len(infos)} store(s) damaged (see integrity above; "
+              f"lss verify reads every chunk)", file=sys.stderr)
+    return 1 if damaged else 0
 
 
-def _positive_int(text: str, option: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise LssError(f"{option} must be an integer, got {text!r}") from None
-    if value < 1:
-        raise LssError(f"{option} must be positive, got {value}")
-    return value
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .store import open_stores
+
+    report = []
+    for store in open_stores(args.stores):
+        damages = store.verify(progress=not args.json)
+        report.append({"path": str(store.path), "frames": store.n_frames, "damaged_frames":
+                       [list(r) for r in store.damaged_ranges(damages)], "damage": [str(d) for d in damages]})
+        if not args.json:
+            if damages:
+                print("\n".join(f"DAMAGED {d}" for d in damages))
+            else:
+                print(f"ok      {store.path}: {store.n_frames} frames")
+    bad = sum(bool(r["damage"]) for r in report)
+    if args.json:
+        print(json.dumps(report if len(report) > 1 else report[0], indent=2))
+    elif bad:
+        print(f"lss verify: {bad} of {len(report)} store(s) damaged; train with --skip-damaged to use the "
+              f"intact frames", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def _damage_options(args: argparse.Namespace) -> dict:
+    """``--skip-damaged``: intact stretches of the stores, each skipped range said on stderr."""
+    return {"skip_damaged": args.skip_damaged,
+            "on_damage": lambda line: print(f"lss {args.command}: warning: {line}", file=sys.stderr)}
+
+
+def _open_stores(args: argparse.Namespace) -> list:
+    from .store import open_stores
+
+    return open_stores(args.stores, **_damage_options(args))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .pipeline import (DecoderSettings, EncoderSettings, PropagatorSettings, train_decoder, train_encoder,
-                           train_propagator, validate_simulator)
+    from .pipeline import (DecoderSettings, EncoderSettings, PropagatorSettings, check_stages, train_decoder,
+                           train_encoder, train_propagator, validate_simulator)
 
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    unknown = sorted(set(stages) - {"encoder", "propagator", "decoder"})
-    if unknown or not stages:
-        raise LssError(f"unknown stage(s) {', '.join(unknown) or '(none)'}; stages are: encoder, propagator, decoder")
     progress = not args.no_progress
-    if "encoder" in stages:
-        dim = None if args.dim == "auto" else _positive_int(args.dim, "--dim")
-        hidden = None if args.hidden is None else [_positive_int(h, "--hidden") for h in args.hidden.split(",")]
-        settings = EncoderSettings(kind=args.encoder, lag=args.lag, dim=dim, hidden=hidden, epochs=args.epochs,
+    dim = None if args.dim == "auto" else positive_int(args.dim, "--dim", text=True)
+    hidden = None if args.hidden is None else [positive_int(h, "--hidden", text=True) for h in args.hidden.split(",")]
+    enc_settings = EncoderSettings(kind=args.encoder, lag=args.lag, dim=dim, hidden=hidden, epochs=args.epochs,
                                    pretrain_epochs=args.pretrain_epochs, batch_size=args.batch_size, lr=args.lr,
                                    restarts=args.restarts, patience=args.patience, seed=args.seed,
-                                   val_fraction=args.val_fraction, device=args.device, progress=progress)
-        encoder = train_encoder(args.stores, settings, args.out)
+                                   val_fraction=args.val_fraction, val_split=args.val_split, device=args.device,
+                                   progress=progress, threads=args.threads)
+    prop_settings = PropagatorSettings(kind=args.propagator, lag=args.propagator_lag, n_components=args.components,
+                                       transform=args.mdn_transform, n_labels=args.labels,
+                                       epochs=args.propagator_epochs, seed=args.seed, val_fraction=args.val_fraction,
+                                       val_split=args.val_split, device=args.device, progress=progress,
+                                       threads=args.threads)
+    dec_settings = DecoderSettings(epochs=args.decoder_epochs, stride=args.decoder_stride, seed=args.seed,
+                                   alignment=args.decoder_alignment, val_fraction=args.val_fraction,
+                                   device=args.device, progress=progress, threads=args.threads)
+    # every requested stage is checked against the data before the first one trains
+    stores = check_stages(args.stores, stages, args.out, encoder=enc_settings, propagator=prop_settings,
+                          decoder=dec_settings, validate=not args.no_validation, **_damage_options(args))
+    if "encoder" in stages:
+        encoder = train_encoder(stores, enc_settings, args.out)
         timescales = encoder.extra.get("implied_timescales_ps") or []
         shown = ", ".join(format_time_ps(t) for t in timescales[:3] if t is not None and math.isfinite(t))
         print(f"lss train: {encoder.kind} at lag {format_time_ps(encoder.lag_ps)}, validation score "
               f"{encoder.extra['validation_score']:.4f}, slowest implied timescales {shown} -> {args.out} "
               f"(figures and metrics.json there)")
     if "propagator" in stages:
-        settings = PropagatorSettings(kind=args.propagator, lag=args.propagator_lag, n_components=args.components,
-                                      transform=args.mdn_transform, n_labels=args.labels,
-                                      epochs=args.propagator_epochs, seed=args.seed, val_fraction=args.val_fraction,
-                                      device=args.device, progress=progress)
-        meta = train_propagator(args.out, args.stores, settings)
+        meta = train_propagator(args.out, stores, prop_settings)
         print(f"lss train: {meta['kind']} propagator at lag {format_time_ps(meta['lag_ps'])}, validation score "
               f"{meta['validation_score']:.4f} -> {args.out}")
     if "decoder" in stages:
-        settings = DecoderSettings(epochs=args.decoder_epochs, stride=args.decoder_stride, seed=args.seed,
-                                   val_fraction=args.val_fraction, device=args.device, progress=progress)
-        meta = train_decoder(args.out, args.stores, settings)
-        print(f"lss train: cWGAN decoder of {len(meta['atom_indices'])} atoms, structure score "
+        meta = train_decoder(args.out, stores, dec_settings)
+        print(f"lss train: cWGAN decoder of {len(meta['atom_indices'])} atoms ({meta['alignment']} alignment), "
+              f"structure score "
               f"{meta['validation_score']:.4g} -> {args.out}")
     if "decoder" in stages and not args.no_validation:
         from .errors import NonFiniteError
 
         try:
-            metrics = validate_simulator(args.out, args.stores)
+            metrics = validate_simulator(args.out, stores)
         except NonFiniteError as exc:  # the model is saved; say why it cannot be validated
             print(f"lss train: warning: no validation report: {exc}", file=sys.stderr)
         else:
@@ -408,7 +442,12 @@ def _validation_summary(metrics: dict, where: Path) -> str:
              "relaxation ψ1 MD {:.4g} / LSS {:.4g} ps".format(tau["md"][0], tau["lss"][0])]
     if "bond_mae_nm" in st:
         parts.append(f"bond MAE {st['bond_mae_nm']:.4f} nm")
-    parts.append(f"Rg {st['rg_mean_nm']:.3f} vs MD {st['reference_rg_mean_nm']:.3f} nm")
+    if "rg_mean_nm" in st:
+        parts.append(f"Rg {st['rg_mean_nm']:.3f} vs MD {st['reference_rg_mean_nm']:.3f} nm")
+    if "coordinate_w1_nm" in st:
+        floor = metrics.get("structures_md_first_vs_second_half", {}).get("coordinate_w1_nm")
+        parts.append(f"position W1 {st['coordinate_w1_nm']:.3g} nm"
+                     + ("" if floor is None else f" (MD half vs half {floor:.3g})"))
     if "ramachandran_js" in st:
         floor = metrics.get("structures_md_first_vs_second_half", {}).get("ramachandran_js")
         parts.append(f"Ramachandran JS {st['ramachandran_js']:.3f}"
@@ -416,37 +455,19 @@ def _validation_summary(metrics: dict, where: Path) -> str:
     return f"lss train: validation (MD vs LSS): {'; '.join(parts)}; figures and metrics.json in {where}"
 
 
-def _parse_start(text: str | None) -> Any:
-    if text is None:
-        return None
-    path = Path(text)
-    if path.suffix.lower() == ".pdb":
-        import numpy as np
-        from openmm import unit
-        from openmm.app import PDBFile
-
-        pdb = PDBFile(str(path))
-        return np.asarray(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
-    store, _, frame = text.rpartition(":") if ":" in text and not Path(text).exists() else (text, "", "0")
-    try:
-        return (store, int(frame or 0))
-    except ValueError:
-        raise LssError(f"--start must be STORE[:FRAME] or a PDB file, got {text!r}") from None
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     import time
 
-    from .simulator import LatentSpaceSimulator
+    from .simulator import LatentSpaceSimulator, start_from_text
 
     sim = LatentSpaceSimulator.load(args.model)
     n_steps = args.steps if args.steps is not None else int(round(args.ns * 1000.0 / sim.lag_ps))
     if n_steps < 1:
         raise LssError(f"--ns {args.ns} is shorter than one lag time ({format_time_ps(sim.lag_ps)})")
     t0 = time.perf_counter()
-    paths = sim.generate(n_steps, args.walkers, args.out, start=_parse_start(args.start), seed=args.seed,
+    paths = sim.generate(n_steps, args.walkers, args.out, start=start_from_text(args.start), seed=args.seed,
                          report_interval=args.report_interval, overwrite=args.overwrite,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, threads=args.threads)
     wall = time.perf_counter() - t0
     frames = args.walkers * (n_steps // args.report_interval)
     simulated_ns = args.walkers * n_steps * sim.lag_ps / 1000.0
@@ -461,42 +482,99 @@ DEMO_SIMULATE = ["--system", "alanine-dipeptide", "--temperature", "450", "--rep
                  "--features", "backbone-torsions,heavy-atom-distances", "--save-atoms", "heavy",
                  "--equilibrate", "100ps"]
 DEMO_TRAIN = ["--lag", "10ps", "--dim", "2", "--epochs", "30", "--restarts", "1", "--components", "24",
-              "--propagator-epochs", "40", "--decoder-epochs", "60"]
+              "--propagator-epochs", "40", "--decoder-epochs", "60",
+              # 20 ns hold a handful of C7eq -> C7ax transitions: evenly spaced validation blocks keep them in both parts
+              "--val-split", "interleaved"]
+#: the long-MD reference the demo's closing lines compare with (package data; the trajectories are not shipped)
+DEMO_REFERENCE = "ala2_450K_reference.json"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """MD → train → generate → report, each step an ordinary ``lss`` command (printed as it runs)."""
+    from .md import walker_stores
     from .store import open_store
 
+    if args.md_walkers < 1:
+        raise LssError(f"--md-walkers must be at least 1, got {args.md_walkers}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    store, model = out / "md.zarr", out / "model"
+    model = out / "model"
+    stores = walker_stores(out / "md.zarr", args.md_walkers)
     quiet = ["--no-progress"] if args.no_progress else []
+    threads = [] if args.threads is None else ["--threads", str(args.threads)]
     md_frames = int(round(args.ns * 1000))  # DEMO_SIMULATE reports every 1 ps
-    have = None
-    if store.exists():
+
+    def complete(path: Path) -> bool:
         try:
-            have = open_store(store)
+            return path.exists() and len(open_store(path)) >= md_frames
         except LssError:
-            have = None
+            return False
+
     commands: list[list[str]] = []
-    if have is None or len(have) < md_frames:
-        commands.append(["simulate", *DEMO_SIMULATE, "--ns", f"{args.ns:g}", "--seed", str(args.seed),
-                         "--out", str(store), "--overwrite", *quiet])
-    commands.append(["train", str(store), "--out", str(model), *DEMO_TRAIN, "--seed", str(args.seed), *quiet])
+    if not all(complete(path) for path in stores):
+        commands.append(["simulate", *DEMO_SIMULATE, "--ns", f"{args.ns:g}", "--walkers", str(args.md_walkers),
+                         "--seed", str(args.seed), "--out", str(out / "md.zarr"), "--overwrite", *quiet])
+    commands.append(["train", *map(str, stores), "--out", str(model), *DEMO_TRAIN, "--seed", str(args.seed),
+                     *threads, *quiet])
     commands.append(["generate", str(model), "--ns", f"{args.generate_ns:g}", "--walkers", str(args.walkers),
-                     "--out", str(out / "synth.dcd"), "--seed", str(args.seed), "--overwrite", *quiet])
+                     "--out", str(out / "synth.dcd"), "--seed", str(args.seed), "--overwrite", *threads, *quiet])
     t0 = time.perf_counter()
     for command in commands:
         print("$ lss " + " ".join(command), flush=True)
         status = main(command)
         if status:
             return status
-    print(f"lss demo: done in {time.perf_counter() - t0:.0f} s. MD store {store}; model and training figures "
-          f"{model}; MD-vs-LSS report {model / 'validation'} (fes_md_vs_lss.png, autocorrelation.png, "
-          f"ramachandran_md_vs_lss.png, metrics.json); synthetic trajectories {out}/synth_*.dcd with "
-          f"{out}/synth_topology.pdb")
+    print(f"lss demo: done in {time.perf_counter() - t0:.0f} s. MD stores {', '.join(map(str, stores))}; model and "
+          f"training figures {model}; MD-vs-LSS report {model / 'validation'} (fes_md_vs_lss.png, "
+          f"autocorrelation.png, ramachandran_md_vs_lss.png, metrics.json); synthetic trajectories "
+          f"{out}/synth_*.dcd with {out}/synth_topology.pdb")
+    print(_demo_comparison(model))
     return 0
+
+
+def _demo_comparison(model: Path) -> str:
+    """The demo's closing lines: its MD and its model next to the long-MD reference (package data)."""
+    import importlib.resources
+
+    reference = json.loads(importlib.resources.files("lss_engine").joinpath("resources", DEMO_REFERENCE)
+                           .read_text())
+    try:
+        encoder_metrics = json.loads((model / "metrics.json").read_text())
+        kinetics = json.loads((model / "validation" / "metrics.json").read_text())["torsion_kinetics"]
+    except (OSError, KeyError, ValueError) as exc:
+        return f"lss demo: no comparison with long MD ({exc.__class__.__name__}: {first_line(exc)})"
+    md, lss = kinetics["md"], kinetics["lss"]
+
+    def ps(value) -> str:
+        return "n/a" if value is None or not math.isfinite(value) else f"{value:.0f} ps"
+
+    def mfpt(entry: dict) -> str:
+        mean = entry.get("mean")
+        if mean is None or not math.isfinite(mean):
+            return f"none seen (n=0, {entry.get('n_censored', 0)} unfinished)"
+        return f"{mean / 1000:.2f} ns (n={entry['n']})"
+
+    srv = (encoder_metrics.get("model_implied_timescales_ps") or [None])[0]
+    rows = [("", f"this MD ({md['time_ns']:.0f} ns)", f"model, synthetic ({lss['time_ns']:.0f} ns)",
+             f"long MD ({reference['total_ns']:g} ns)")]
+    rows.append(("slowest timescale, (φ,ψ) MSM", ps(md["slowest_timescale_ps"]), ps(lss["slowest_timescale_ps"]),
+                 f"{reference['slowest_timescale_ps']:g} ps ±{100 * reference['slowest_timescale_run_to_run_spread']:.0f} %"
+                 f" run to run"))
+    rows.append(("slowest timescale, SRV encoder", "", ps(srv), ""))
+    for name in ("C7eq->C7ax", "C7ax->C7eq"):
+        rows.append((f"MFPT {name.replace('->', '→')}", mfpt(md["mfpt_ps"][name]), mfpt(lss["mfpt_ps"][name]),
+                     f"{reference['mfpt_ns'][name]:g} ns (n={reference['transitions'][name]})"))
+    rows.append(("φ > 0", f"{100 * md['fraction_phi_positive']:.1f} %", f"{100 * lss['fraction_phi_positive']:.1f} %",
+                 f"{100 * reference['fraction_phi_positive']:.1f} %"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    runs = reference["runs"]
+    lines = [f"lss demo: how close to long MD ({len(runs)} × {runs[0]['ns']:g} ns of the same setup, seeds "
+             f"{'/'.join(str(r['seed']) for r in runs)}: lss_engine/resources/{DEMO_REFERENCE}):"]
+    lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.append(f"  (φ,ψ) MSM: {md['msm_grid'][0]}×{md['msm_grid'][1]} grid, lag {md['msm_lag_ps']:g} ps; MFPTs "
+                 f"between cored C7eq (φ < −1.0 or φ > 2.6) and C7ax (0.5 < φ < 1.8); a few transitions give "
+                 f"wide errors (95 % intervals in {model / 'validation' / 'metrics.json'})")
+    return "\n".join(lines)
 
 
 def cmd_sample_latent(args: argparse.Namespace) -> int:
@@ -505,7 +583,7 @@ def cmd_sample_latent(args: argparse.Namespace) -> int:
     if args.steps < 1 or args.walkers < 1:
         raise LssError("--steps and --walkers must be positive")
     paths = sample_latent(args.model, args.steps, args.walkers, args.out, seed=args.seed,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, threads=args.threads, overwrite=args.overwrite)
     print(f"lss sample-latent: {len(paths)} walker store(s) of {args.steps} steps in {args.out}")
     return 0
 
@@ -514,14 +592,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from .pipeline import analyze_encoder, load_encoder
 
     out = Path(args.out) if args.out else Path(args.model) / "analysis"
-    metrics = analyze_encoder(load_encoder(args.model), args.stores, out)
+    metrics = analyze_encoder(load_encoder(args.model), _open_stores(args), out)
     print(f"lss analyze: {metrics['frames']} frames; CK max deviation {metrics['ck_test']['max_deviation']:.3f}; "
           f"figures {', '.join(metrics['figures'])} in {out}")
     return 0
 
 
 _COMMANDS = {"simulate": cmd_simulate, "train": cmd_train, "analyze": cmd_analyze, "generate": cmd_generate,
-             "demo": cmd_demo, "sample-latent": cmd_sample_latent, "info": cmd_info}
+             "demo": cmd_demo, "sample-latent": cmd_sample_latent, "info": cmd_info, "verify": cmd_verify}
+
+
+#: what to say about an existing output, per command (default: "pass --overwrite to replace it")
+_EXISTS_HINTS = {"simulate": "use --resume to continue it or --overwrite to replace it"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -530,12 +612,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
+    except OutputExistsError as exc:  # the library names the paths; the flag is the command line's to name
+        hint = _EXISTS_HINTS.get(args.command, "pass --overwrite to replace it")
+        print(f"lss {args.command}: error: {exc}; {hint}", file=sys.stderr)
+        return 1
     except LssError as exc:
         print(f"lss {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"lss {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # disk full, permissions, a path that vanished
+        print(f"lss {args.command}: error: {exc.strerror or exc.__class__.__name__}"
+              f"{': ' + str(exc.filename) if exc.filename else ''}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug: one line, the traceback on request
+        if os.environ.get("LSS_DEBUG"):
+            raise
+        print(f"lss {args.command}: internal error: {exc.__class__.__name__}: {first_line(exc)} (set LSS_DEBUG=1 for the traceback, "
+              f"and please report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,6 +14,10 @@ structure").
 * :func:`mean_structure` - the reference of iterative alignment: align onto
   the first frame, average, align onto the average, ... until the average
   moves less than ``tol``;
+* :func:`choose_alignment` - ``"kabsch"`` for molecules, ``"none"`` where
+  absolute positions carry the information (fewer than 3 saved atoms, or
+  particles that are no molecule: no bonds and no standard residue, e.g. a
+  toy potential's particle in a ``CustomExternalForce``);
 * :class:`DecoderDataset` - the pairs ``(ψ, aligned x)``, batched like the
   datasets of :mod:`lss_engine.data` (``batches``, ``split``, ``len``), so
   :func:`lss_engine.train.fit` trains a decoder on them::
@@ -30,24 +34,63 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from .data import _check_positive_int, _generator
+from ._helpers import positive_int as _check_positive_int
+from .data import _generator
 from .errors import LssError, NonFiniteError
 
-__all__ = ["DecoderDataset", "align_to_reference", "mean_structure"]
+__all__ = ["ALIGNMENTS", "DecoderDataset", "align_to_reference", "choose_alignment", "mean_structure"]
+
+#: how decoder training frames are superposed: Kabsch onto a mean structure, or not at all
+ALIGNMENTS = ("kabsch", "none")
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (latent, coords)
 #: frames aligned per call of the featurizer (bounds the peak memory)
 _ALIGN_CHUNK = 1 << 15
 
 
-def _positions(positions: Any, what: str = "positions") -> np.ndarray:
+def choose_alignment(n_atoms: int, topology: Any = None, requested: str = "auto") -> str:
+    """The alignment of decoder training frames: ``"kabsch"`` or ``"none"``.
+
+    ``requested`` ``"kabsch"`` or ``"none"`` is returned as is (``"kabsch"``
+    needs at least 3 atoms).  ``"auto"``:
+
+    * ``"none"`` for fewer than 3 atoms (a rotation is not defined by them, and
+      a lone particle's position *is* its state);
+    * ``"none"`` when ``topology`` (mdtraj or OpenMM, of the saved atoms) has
+      no bond and no protein, nucleic-acid or water residue: free particles
+      in an external potential (the toy systems), whose absolute positions
+      matter;
+    * ``"kabsch"`` otherwise (molecules: rigid motions carry no information,
+      the LSS paper's choice), also when no topology is known.
+    """
+    n_atoms = int(n_atoms)
+    mode = str(requested).strip().lower()
+    if mode not in ("auto", *ALIGNMENTS):
+        raise LssError(f"decoder alignment must be auto, kabsch or none, got {requested!r}")
+    if mode == "kabsch" and n_atoms < 3:
+        raise LssError(f"Kabsch alignment needs at least 3 saved atoms, got {n_atoms}; use alignment 'none'")
+    if mode != "auto":
+        return mode
+    if n_atoms < 3:
+        return "none"
+    if topology is None:
+        return "kabsch"
+    from .features.topology import to_mdtraj_topology
+
+    top = to_mdtraj_topology(topology)
+    molecular = top.n_bonds > 0 or any(r.is_protein or r.is_nucleic or r.is_water for r in top.residues)
+    return "kabsch" if molecular else "none"
+
+
+def _positions(positions: Any, what: str = "positions", min_atoms: int = 3) -> np.ndarray:
     if isinstance(positions, torch.Tensor):
         positions = positions.detach().cpu().numpy()
     x = np.asarray(positions)
     if x.ndim != 3 or x.shape[2] != 3 or not np.issubdtype(x.dtype, np.number):
         raise LssError(f"{what} must be a numeric (n_frames, n_atoms, 3) array in nm, got shape {x.shape}")
-    if x.shape[1] < 3:
-        raise LssError(f"{what} need at least 3 atoms to align, got {x.shape[1]}")
+    if x.shape[1] < min_atoms:
+        raise LssError(f"{what} need at least {min_atoms} atoms to align, got {x.shape[1]}"
+                       if min_atoms >= 3 else f"{what} need at least {min_atoms} atom(s), got {x.shape[1]}")
     if not np.isfinite(x).all():
         bad = int(np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1))[0])
         raise NonFiniteError(f"{what} contain NaN or Inf (frame {bad})")
@@ -147,6 +190,11 @@ class DecoderDataset:
     align
         ``False``: the positions are aligned already (``reference`` is then
         only recorded, default the mean of the frames).
+    alignment
+        ``"kabsch"`` (default) or ``"none"``: keep the
+        absolute positions (systems whose positions matter, e.g. a particle
+        in an external potential; any number of atoms); see
+        :func:`choose_alignment`.  ``reference`` is then the mean frame.
     dtype, device
         Of the stored tensors (default float32, CPU).
 
@@ -158,6 +206,8 @@ class DecoderDataset:
         ``(n_frames, n_atoms, 3)`` aligned positions.
     reference : numpy.ndarray
         ``(n_atoms, 3)`` float64, the structure aligned onto.
+    alignment : str
+        ``"kabsch"`` or ``"none"``.
 
     A batch is ``(latent, coords)`` of shapes ``(B, D)`` and ``(B, n_atoms, 3)``.
     :meth:`split` and :meth:`subset` make views that share the tensors.
@@ -171,6 +221,7 @@ class DecoderDataset:
         reference: Any = None,
         fit_indices: Any = None,
         align: bool = True,
+        alignment: str | None = None,
         dtype: torch.dtype = torch.float32,
         device: "str | torch.device" = "cpu",
     ):
@@ -181,7 +232,11 @@ class DecoderDataset:
             psi = psi[:, None]
         if psi.ndim != 2 or psi.shape[1] < 1 or not np.issubdtype(psi.dtype, np.number):
             raise LssError(f"latent must be a numeric (n_frames, D) array, got shape {psi.shape}")
-        x = _positions(positions)
+        alignment = "kabsch" if alignment is None else str(alignment).strip().lower()
+        if alignment not in ALIGNMENTS:
+            raise LssError(f"alignment must be 'kabsch' or 'none', got {alignment!r}")
+        kabsch = alignment == "kabsch" and align
+        x = _positions(positions, min_atoms=3 if alignment == "kabsch" else 1)
         if len(psi) != len(x):
             raise LssError(f"latent has {len(psi)} frames, positions have {len(x)}: they must be paired frame by frame")
         if len(x) < 2:
@@ -193,7 +248,7 @@ class DecoderDataset:
             if reference != "first":
                 raise LssError(f"reference must be an (n_atoms, 3) array, None or 'first', got {reference!r}")
             reference = x[0]
-        if align:
+        if kabsch:
             if reference is None:
                 reference = mean_structure(x, fit_indices)
             aligned = align_to_reference(x, reference, fit_indices)
@@ -205,7 +260,9 @@ class DecoderDataset:
         if ref.shape != x.shape[1:]:
             raise LssError(f"reference must have shape {x.shape[1:]}, got {ref.shape}")
         self.reference = ref
-        self.fit_indices = _fit_indices(fit_indices, x.shape[1])
+        self.alignment = alignment
+        self.fit_indices = (_fit_indices(fit_indices, x.shape[1]) if alignment == "kabsch"
+                            else np.arange(x.shape[1], dtype=np.int64))
         self.latent = torch.as_tensor(psi, dtype=dtype).to(device)
         self.coords = torch.as_tensor(aligned, dtype=dtype).to(device)
         self._index = torch.arange(len(x), device=self.latent.device)

@@ -20,3 +20,17 @@ class SpecError(LssError):
 
 class NonFiniteError(LssError):
     """Positions or features contain NaN or Inf."""
+
+
+class OutputExistsError(LssError):
+    """An output (a store, a directory of walker stores, a trajectory file) exists and overwriting was not asked for.
+
+    ``paths`` are the existing outputs.  The message names them only; how to
+    ask for overwriting is the caller's to say (``overwrite=True`` in Python,
+    ``--overwrite`` on the command line).
+    """
+
+    def __init__(self, paths):
+        self.paths = list(paths)
+        more = f" (and {len(self.paths) - 1} more outputs)" if len(self.paths) > 1 else ""
+        super().__init__(f"{self.paths[0]} exists{more}")

@@ -18,8 +18,9 @@ last state with the same random stream, so the stores hold exactly the
 trajectories of one long ``propagator.propagate(start, n_steps, n_walkers=...,
 seed=seed)``.  Read them back with ``lss_engine.store.open_stores(out_dir)``.
 
-The stores are written together by a :class:`~lss_engine.store.MultiStoreWriter`
-(created once from one layout, each commit's chunks and ``frames_committed``
+The stores are written by :func:`lss_engine.outputs.write_walkers` (the one
+writer of walker stores, on a :class:`~lss_engine.store.MultiStoreWriter`:
+created once from one layout, each commit's chunks and ``frames_committed``
 written directly by a few threads) while the next chunk is drawn.  A store
 chunk is one commit's frames, so each chunk file is written once.
 ``benchmarks/latent_stores.py`` measures it against the sampling alone.
@@ -27,16 +28,16 @@ chunk is one commit's frames, so each chunk file is written once.
 from __future__ import annotations
 
 import os
-import shutil
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from ._helpers import positive_int
 from .errors import LssError
-from .store import DEFAULT_CHUNK_BYTES, FeatureBlock, MultiStoreWriter, open_store
+from .outputs import WalkerFrames, write_walkers
+from .store import DEFAULT_CHUNK_BYTES, FeatureBlock
 
 __all__ = ["sample_to_stores", "OBSERVABLE"]
 
@@ -46,14 +47,6 @@ OBSERVABLE = "latent"
 #: commits (commits of less than _MIN_CHUNK_BYTES per array)
 _WRITER_BUFFER_BUDGET = 256 * 1024**2
 _MIN_CHUNK_BYTES = 16 * 1024
-#: most threads writing the stores (one per core, less one core for the sampling when it runs beside)
-_MAX_WRITE_THREADS = 4
-
-
-def _positive_int(value: Any, what: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise LssError(f"{what} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _commit_plan(frames: int, chunk_steps: int, n_walkers: int, n_dim: int) -> tuple[int, int]:
@@ -136,7 +129,7 @@ def sample_to_stores(
     overwrite
         Replace the walker stores of an earlier run in ``out_dir`` (all
         ``walker_*.zarr``, so that none is left over; only lss_engine stores
-        are removed).
+        are removed; see :func:`lss_engine.outputs.claim_outputs`).
     overlap
         Create the stores while the first chunk is drawn and write each chunk
         while the next one is drawn (default), or do the writing between chunks
@@ -153,11 +146,13 @@ def sample_to_stores(
     Raises
     ------
     LssError
-        Bad arguments, or a walker store that exists already (without ``overwrite``).
+        Bad arguments.
+    OutputExistsError
+        A walker store exists already in ``out_dir`` (without ``overwrite``).
     """
-    n_steps = _positive_int(n_steps, "n_steps", minimum=0)
-    n_walkers = _positive_int(n_walkers, "n_walkers")
-    chunk_steps = _positive_int(chunk_steps, "chunk_steps")
+    n_steps = positive_int(n_steps, "n_steps", minimum=0)
+    n_walkers = positive_int(n_walkers, "n_walkers")
+    chunk_steps = positive_int(chunk_steps, "chunk_steps")
     interval = float(frame_interval_ps)
     if not (np.isfinite(interval) and interval > 0):
         raise LssError(f"frame_interval_ps must be a positive number, got {frame_interval_ps!r}")
@@ -168,49 +163,21 @@ def sample_to_stores(
     sampler = propagator.sampler(start, n_walkers=n_walkers, seed=seed, device=device, threads=threads)
     if sampler.n_walkers != n_walkers:  # pragma: no cover - the sampler checks it
         raise LssError(f"start has {sampler.n_walkers} walkers, n_walkers={n_walkers}")
-    out_dir = Path(out_dir)
-    paths = [out_dir / f"walker_{w:03d}.zarr" for w in range(n_walkers)]
-    # open_stores(out_dir) reads every store there: no walker of an earlier run may remain
-    existing = sorted(set(out_dir.glob("walker_*.zarr")) | {p for p in paths if p.exists()})
-    if existing and not overwrite:
-        raise LssError(f"{existing[0]} exists already ({len(existing)} walker stores in {out_dir}); pass "
-                       "overwrite=True or choose another out_dir")
-    for path in existing:
-        if path not in paths:
-            open_store(path)  # raises unless it is an lss_engine store: never delete anything else
-            shutil.rmtree(path)
-
+    frames = n_steps + 1
     # commits split the frames evenly, one store chunk each (the last one possibly partial):
     # a chunk is written once, whole, and never read back or rewritten
-    frames = n_steps + 1
     per_commit, chunk_frames = _commit_plan(frames, chunk_steps, n_walkers, n_dim)
-    block = FeatureBlock(OBSERVABLE, names, ["1"] * n_dim)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    all_threads = max(1, min(_MAX_WRITE_THREADS, cores))  # nothing is drawn meanwhile
-    io_threads = max(1, min(all_threads, cores - 1)) if overlap else all_threads
-    io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lss-sample-io")
-
-    def later(fn, *args, **kwargs) -> Future:
-        """Run store I/O beside the sampling (``overlap``), or now."""
-        future = io.submit(fn, *args, **kwargs)
-        if not overlap:
-            future.exception()  # waits; its error is raised where the result is taken
-        return future
-
-    created = later(MultiStoreWriter.create, paths, timestep_ps=interval, report_interval=1, temperature_K=None,
-                    observables=[block], chunk_frames=chunk_frames, reserve_frames=frames, overwrite=overwrite,
-                    threads=io_threads)
-    committed: Future | None = None
-    writer: MultiStoreWriter | None = None
+    layout = dict(timestep_ps=interval, report_interval=1, temperature_K=None,
+                  observables=[FeatureBlock(OBSERVABLE, names, ["1"] * n_dim)], chunk_frames=chunk_frames)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_steps * n_walkers, unit="step", unit_scale=True, desc="latent sampling",
                    dynamic_ncols=True)
-    try:
-        if not overlap:
-            created.result()  # a store that cannot be created fails before any sampling
+
+    def draw() -> Iterator[WalkerFrames]:
+        """The frames, ``per_commit`` at a time, into one reused buffer."""
         buffer = np.empty((min(per_commit, frames), n_walkers, n_dim), dtype=sampler.numpy_dtype)
         sample_seconds = 0.0
         first = 0  # first frame of the chunk
@@ -224,29 +191,20 @@ def sample_to_stores(
             else:
                 sampler.run(n, out=out)
             sample_seconds += time.perf_counter() - t
-            if writer is None:
-                writer = created.result()
-            if committed is not None:
-                committed.result()  # the previous chunk is in every store
-                if bar is not None:
-                    bar.update(previous)
             steps = np.arange(first, first + n, dtype=np.int64)
-            writer.append(steps, steps * interval, features={OBSERVABLE: out})  # copied: the buffer is free
-            committed = later(writer.commit, all_threads if first + n == frames else io_threads)
-            previous = (n - (first == 0)) * n_walkers
+            yield WalkerFrames(steps, steps * interval, features={OBSERVABLE: out})
             first += n
             if bar is not None:
                 bar.set_postfix_str(f"sampling {(first - 1) * n_walkers / max(sample_seconds, 1e-9):.3g} step/s",
                                     refresh=False)
-        committed.result()
+
+    def committed(last_step: int) -> None:
         if bar is not None:
-            bar.update(previous)
+            bar.update(last_step * n_walkers - bar.n)
+
+    try:
+        return write_walkers(out_dir, n_walkers, layout, draw(), overwrite=overwrite, directory=True,
+                             n_frames=frames, overlap=overlap, on_commit=committed)
     finally:
-        io.shutdown(wait=True)
-        if writer is None and created.done() and created.exception() is None:
-            writer = created.result()
-        if writer is not None:
-            writer.close()
         if bar is not None:
             bar.close()
-    return paths

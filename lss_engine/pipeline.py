@@ -19,19 +19,33 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .bundle import ModelBundle, write_json_atomic
+from ._helpers import configure_threads
+from ._helpers import atomic_write_json, jsonable
+from .bundle import ModelBundle
 from .encoder import Encoder, features_of, koopman_eigenvectors
 from .errors import LssError
 
 
 @dataclass
 class TrainingRunSettings:
-    """What every training stage's settings share: seed, validation share, device, progress bars."""
+    """What every training stage's settings share: seed, validation share, device, progress bars, CPU threads."""
 
     seed: int = 0
     val_fraction: float = 0.2
     device: str = "auto"  # GPU when present
     progress: bool = True
+    threads: int | None = None  # torch CPU threads; None: lss_engine._helpers.configure_threads' default
+    # training/validation split: "auto" (whole trajectories when there are 5 or more, else random blocks),
+    # "blocks", "interleaved" (evenly spaced blocks: a rare slow process lands in both parts) or "trajectories"
+    val_split: str = "auto"
+
+    def split_mode(self, n_trajectories: int) -> str:
+        """How :meth:`lss_engine.data.TimeLaggedDataset.split` divides ``n_trajectories`` trajectories."""
+        if self.val_split == "auto":
+            return "trajectories" if n_trajectories >= 5 else "blocks"
+        if self.val_split not in ("blocks", "interleaved", "trajectories"):
+            raise LssError(f"--val-split must be auto, blocks, interleaved or trajectories, got {self.val_split!r}")
+        return self.val_split
 
 
 @dataclass
@@ -43,7 +57,7 @@ class EncoderSettings(TrainingRunSettings):
     dim: int | None = 2  # SRV latent dimension (None: largest spectral gap); VAMPNet: softmax states
     n_outputs: int | None = None  # SRV network outputs (default: max(dim, 4) ... see below)
     hidden: Sequence[int] | None = None  # default: SRV (100, 100); VAMPNet (64, 32, 16)
-    epochs: int = 100
+    epochs: int = 60  # as the alanine dipeptide acceptance run (benchmarks/acceptance_encoders.py)
     pretrain_epochs: int = 0  # VAMPNet: VAMP-1 epochs before VAMP-2 (the paper's option)
     batch_size: int = 1000
     lr: float = 5e-4
@@ -59,12 +73,13 @@ class EncoderSettings(TrainingRunSettings):
             raise LssError("a VAMPNet needs --dim (the number of metastable states)")
 
 
-def _open(stores: Sequence[Any]) -> list:
+def _open(stores: Sequence[Any], skip_damaged: bool = False, on_damage: Any = None) -> list:
+    """Stores opened from paths (those given opened stay as they are); see :func:`lss_engine.store.open_stores`."""
     from .store import TrajectoryStore, open_stores
 
     opened = [s for s in stores if isinstance(s, TrajectoryStore)]
     paths = [s for s in stores if not isinstance(s, TrajectoryStore)]
-    return opened + (open_stores(paths) if paths else [])
+    return opened + (open_stores(paths, skip_damaged=skip_damaged, on_damage=on_damage) if paths else [])
 
 
 def _model_and_stores(model_dir: str | os.PathLike, stores: Sequence[Any]) -> tuple[Path, ModelBundle, Encoder, list]:
@@ -103,12 +118,12 @@ def train_encoder(stores: Sequence[Any], settings: EncoderSettings, out: str | o
     from .train import TrainConfig, fit, save_history
 
     settings.validate()
+    configure_threads(settings.threads)
     stores = _open(stores)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dataset = TimeLaggedDataset(stores, settings.lag)
-    by = "trajectories" if len(stores) >= 5 else "blocks"
-    train, val = dataset.split(settings.val_fraction, by=by, seed=settings.seed)
+    train, val = dataset.split(settings.val_fraction, by=settings.split_mode(len(stores)), seed=settings.seed)
     normalizer = Normalizer(feature_names=dataset.feature_names).fit(train)
     train, val = train.with_normalizer(normalizer), val.with_normalizer(normalizer)
     config = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
@@ -145,26 +160,12 @@ def train_encoder(stores: Sequence[Any], settings: EncoderSettings, out: str | o
                       list(dataset.feature_names), stores[0].feature_spec, extra)
     bundle = ModelBundle(provenance=provenance(settings=asdict(settings), stores=[str(s.path) for s in stores]))
     encoder.add_to(bundle, best_score=result.best_score, best_restart=result.best_restart,
-                   best_epoch=result.best_epoch, settings=_jsonable(asdict(settings)))
+                   best_epoch=result.best_epoch, settings=jsonable(asdict(settings), default=str))
     bundle.save(out)
     save_history(history, out / "history_encoder.json")
     if analyze:
         analyze_encoder(encoder, stores, out)
     return encoder
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None  # JSON has no NaN
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (str, int, bool)) or obj is None:
-        return obj
-    return str(obj)
 
 
 def load_encoder(model_dir: str | os.PathLike) -> Encoder:
@@ -262,7 +263,7 @@ def analyze_encoder(encoder: Encoder, stores: Sequence[Any], out: str | os.PathL
     for name, fig in figures.items():
         plots.save_figure(fig, out / f"{name}.png")
     metrics["figures"] = sorted(f"{name}.png" for name in figures)
-    write_json_atomic(out / "metrics.json", metrics)
+    atomic_write_json(out / "metrics.json", metrics, indent=2)
     return metrics
 
 
@@ -282,7 +283,7 @@ class PropagatorSettings(TrainingRunSettings):
 
     kind: str = "mdn"  # "mdn" | "lstm"
     lag: Any = None
-    n_components: int = 8
+    n_components: int = 24  # as the accepted simulator (lss demo, benchmarks/acceptance_lss_ala2.py's model)
     hidden: Sequence[int] | None = None  # MDN default (100, 100)
     transform: str = "quantile"  # MDN: "quantile" (marginal Gaussianisation) or "standard" (standard scores)
     linear_weight: float = 0.5  # MDN "quantile": share of standard scores blended in (keeps gaps as barriers)
@@ -316,11 +317,12 @@ def train_propagator(model_dir: str | os.PathLike, stores: Sequence[Any], settin
     from .units import lag_to_frames
 
     settings.validate()
+    configure_threads(settings.threads)
     model_dir, bundle, encoder, stores = _model_and_stores(model_dir, stores)
     dt = encoder.frame_interval_ps
     lag = encoder.lag_frames if settings.lag is None else lag_to_frames(settings.lag, dt)
     latent = _latent_trajectories(encoder, stores)
-    by = "trajectories" if len(stores) >= 5 else "blocks"
+    by = settings.split_mode(len(stores))
     config = TrainConfig(epochs=settings.epochs, lr=settings.lr, restarts=settings.restarts,
                          patience=settings.patience, seed=settings.seed, device=settings.device,
                          progress=settings.progress,
@@ -329,7 +331,7 @@ def train_propagator(model_dir: str | os.PathLike, stores: Sequence[Any], settin
     pooled = np.concatenate(latent)
     starts = pooled[rng.choice(len(pooled), size=min(256, len(pooled)), replace=False)]
     meta: dict[str, Any] = {"kind": settings.kind, "lag_frames": lag, "lag_ps": lag * dt, "frame_interval_ps": dt,
-                            "start_points": starts.tolist(), "settings": _jsonable(asdict(settings))}
+                            "start_points": starts.tolist(), "settings": jsonable(asdict(settings), default=str)}
     if settings.kind == "mdn":
         if encoder.kind != "srv":
             raise LssError("an MDN propagates continuous SRV coordinates; train the encoder with --encoder srv")
@@ -373,15 +375,22 @@ def train_propagator(model_dir: str | os.PathLike, stores: Sequence[Any], settin
 
 
 def sample_latent(model_dir: str | os.PathLike, n_steps: int, n_walkers: int, out: str | os.PathLike, *,
-                  seed: int | None = None, progress: bool = True) -> list[Path]:
+                  seed: int | None = None, progress: bool = True, threads: int | None = None,
+                  overwrite: bool = False) -> list[Path]:
     """Synthetic latent trajectories from a model's propagator, one store per walker in ``out``.
 
     Walkers start at latent points drawn (with ``seed``) from the training
     data. MDN: ψ(t+τ) ~ p(·|ψ(t)) streamed in chunks; LSTM: label sequences
-    decoded to the bin centres of ψ1.
+    decoded to the bin centres of ψ1.  ``threads``: torch CPU threads
+    (:func:`lss_engine._helpers.configure_threads`; ``None``: its default, and
+    the MDN sampling loop's own default of 1).  ``out`` is a directory of
+    walker stores (``walker_000.zarr``, ...) written by
+    :func:`lss_engine.outputs.write_walkers`: an existing one is refused unless
+    ``overwrite`` (see :func:`lss_engine.outputs.claim_outputs`).
     """
     from .latent_sampling import sample_to_stores
 
+    configure_threads(threads)
     bundle = ModelBundle.load(model_dir)
     stage = bundle["propagator"]
     meta = stage.meta
@@ -391,30 +400,34 @@ def sample_latent(model_dir: str | os.PathLike, n_steps: int, n_walkers: int, ou
     if meta["kind"] == "mdn":
         return sample_to_stores(stage.model, chosen, n_steps, n_walkers, out_dir=out,
                                 frame_interval_ps=meta["lag_ps"], names=meta["latent_names"], seed=seed,
-                                progress=progress)
-    return _lstm_to_stores(stage.model, meta, chosen, n_steps, out, seed)
+                                progress=progress, threads=1 if threads is None else threads,
+                                overwrite=overwrite)
+    return _lstm_to_stores(stage.model, meta, chosen, n_steps, out, seed, overwrite=overwrite)
 
 
-def _lstm_to_stores(model, meta: dict, start_labels: np.ndarray, n_steps: int, out, seed) -> list[Path]:
+def _lstm_to_stores(model, meta: dict, start_labels: np.ndarray, n_steps: int, out, seed, *,
+                    overwrite: bool = False) -> list[Path]:
+    """LSTM label trajectories (steps 1 ... ``n_steps``; the start label is not a frame): observables
+    ``latent`` (the bin centre of ψ1) and ``labels``, one store per walker."""
     from .discretize import Discretizer
-    from .store import FeatureBlock, StoreWriter
+    from .outputs import WalkerFrames, write_walkers
+    from .store import FeatureBlock
 
     discretizer = Discretizer.from_config(meta["discretizer"])
-    labels = model.generate(n_steps, n_sequences=len(start_labels), start=start_labels.astype(np.int64), seed=seed)
     centers = np.asarray(discretizer.centers, dtype=np.float32).reshape(discretizer.n_labels, -1)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for w, seq in enumerate(labels):
-        path = out / f"walker_{w:03d}.zarr"
-        writer = StoreWriter.create(path, timestep_ps=meta["lag_ps"], report_interval=1, temperature_K=None,
-                                    observables=[FeatureBlock("latent", meta["latent_names"], ["1"]),
-                                                 FeatureBlock("labels", ["label"], ["1"])], overwrite=True)
-        steps = np.arange(1, len(seq) + 1)
-        writer.append(steps, steps * meta["lag_ps"], features={"latent": centers[seq], "labels": seq[:, None]})
-        writer.commit()
-        paths.append(path)
-    return paths
+    layout = dict(timestep_ps=meta["lag_ps"], report_interval=1, temperature_K=None,
+                  observables=[FeatureBlock("latent", meta["latent_names"], ["1"]),
+                               FeatureBlock("labels", ["label"], ["1"])])
+
+    def frames():  # drawn after the outputs are claimed: an existing output fails before any generation
+        labels = model.generate(n_steps, n_sequences=len(start_labels), start=start_labels.astype(np.int64),
+                                seed=seed).T  # (steps, walkers)
+        steps = np.arange(1, len(labels) + 1)
+        yield WalkerFrames(steps, steps * meta["lag_ps"],
+                           features={"latent": centers[labels], "labels": labels[..., None]})
+
+    return write_walkers(out, len(start_labels), layout, frames(), overwrite=overwrite, directory=True,
+                         n_frames=n_steps)
 
 
 @dataclass
@@ -427,10 +440,23 @@ class DecoderSettings(TrainingRunSettings):
     (adjacent 1-ps frames are nearly copies of each other).
 
     Two additions to the paper's recipe (see ``benchmarks/decoder_ala2.py``):
-    the critic also sees every interatomic distance and the sine and cosine
+    the critic also sees interatomic distances and the sine and cosine
     of every proper torsion of the decoded atoms (``critic_features``), and
     decoding uses an exponential moving average of the generator's weights
-    (``ema_decay``; ``0`` turns it off).
+    (``ema_decay``; ``0`` turns it off).  The distances are those of the atom
+    pairs closer than ``critic_cutoff`` (nm) in the training frames' mean
+    structure plus the 1-2, 1-3 and 1-4 neighbours of the topology's bonds
+    (:func:`lss_engine.models.cwgan.select_critic_pairs`), so the critic's
+    cost grows linearly with the atoms (``benchmarks/critic_cost.py``);
+    0.8 nm keeps every pair of alanine dipeptide's heavy atoms.
+    ``critic_cutoff=None``: all pairs.
+
+    ``alignment`` (:func:`lss_engine.decoder_data.choose_alignment`):
+    ``"auto"`` superposes molecules (Kabsch onto the mean structure, the
+    paper's choice) and keeps the absolute positions of fewer than 3 saved
+    atoms or of particles that are no molecule (no bonds, no standard
+    residue: the toy potentials); ``"kabsch"`` or ``"none"`` force the choice.
+    The choice is recorded in the decoder stage's metadata and config.
     """
 
     hidden: Sequence[int] = (200, 200, 200)
@@ -443,7 +469,9 @@ class DecoderSettings(TrainingRunSettings):
     lr_patience: int = 4  # halve the learning rate after this many epochs without a better structure score
     stride: int = 1
     critic_features: bool = True
+    critic_cutoff: float | None = 0.8  # nm; None: all pairs
     ema_decay: float = 0.995
+    alignment: str = "auto"  # "auto" | "kabsch" | "none"
 
 
 def train_decoder(model_dir: str | os.PathLike, stores: Sequence[Any], settings: DecoderSettings) -> dict:
@@ -453,11 +481,13 @@ def train_decoder(model_dir: str | os.PathLike, stores: Sequence[Any], settings:
     --save-atoms``); their topology travels in the bundle as PDB text.
     Returns the stage metadata written to ``model.json``.
     """
-    from .decoder_data import DecoderDataset
+    from .decoder_data import DecoderDataset, choose_alignment
     from .models import CWGANDecoder
-    from .structure import proper_torsions, topology_bonds
+    from .models.cwgan import select_critic_pairs
+    from .structure import bonded_pairs, proper_torsions, topology_bonds
     from .train import TrainConfig, fit, save_history
 
+    configure_threads(settings.threads)
     model_dir, bundle, encoder, stores = _model_and_stores(model_dir, stores)
     for store in stores:
         if not store.topology_pdb or len(store.atom_indices) == 0:
@@ -468,20 +498,29 @@ def train_decoder(model_dir: str | os.PathLike, stores: Sequence[Any], settings:
     stride = max(1, int(settings.stride))
     latent = np.concatenate([encoder.latent(s.features(stride=stride)) for s in stores]).astype(np.float32)
     positions = np.concatenate([s.positions(stride=stride) for s in stores]).astype(np.float32)
-    data = DecoderDataset(latent, positions)
+    alignment = choose_alignment(positions.shape[1], stores[0].topology, settings.alignment)
+    data = DecoderDataset(latent, positions, alignment=alignment)
     train, val = data.split(settings.val_fraction, seed=settings.seed)
     n_latent, n_atoms = latent.shape[1], positions.shape[1]
     torsions: list = []
-    if settings.critic_features:
+    bonds = np.zeros((0, 2), dtype=np.int64)
+    if settings.critic_features and n_atoms >= 2:
         try:
-            torsions = proper_torsions(topology_bonds(stores[0].topology)).tolist()
+            bonds = topology_bonds(stores[0].topology)
         except LssError:  # no bonds between the saved atoms (e.g. C-alpha only): distances only
             pass
+    if settings.critic_features and n_atoms >= 4 and len(bonds):
+        torsions = proper_torsions(bonds).tolist()
+    pairs = None  # all pairs (also when no pair is within the cutoff: a few far-apart particles)
+    if settings.critic_features and n_atoms >= 2 and settings.critic_cutoff is not None:
+        mean_structure = train.arrays()[1].double().mean(dim=0).cpu().numpy()
+        pairs = select_critic_pairs(mean_structure, settings.critic_cutoff, bonded_pairs(bonds)).tolist() or None
 
     def factory(seed: int) -> CWGANDecoder:
         return CWGANDecoder(n_latent, n_atoms, noise_dim=settings.noise_dim, hidden=tuple(settings.hidden),
-                            n_critic=settings.n_critic, critic_distances=settings.critic_features,
-                            critic_torsions=torsions, ema_decay=settings.ema_decay).fit_normalization(train)
+                            n_critic=settings.n_critic, critic_distances=settings.critic_features and n_atoms >= 2,
+                            critic_pairs=pairs, critic_torsions=torsions, ema_decay=settings.ema_decay,
+                            alignment=alignment).fit_normalization(train)
 
     config = TrainConfig(epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size,
                          patience=settings.patience, lr_patience=settings.lr_patience, seed=settings.seed,
@@ -489,12 +528,192 @@ def train_decoder(model_dir: str | os.PathLike, stores: Sequence[Any], settings:
     result = fit(factory, train, val, config, checkpoint_dir=model_dir / "checkpoints", stage="decoder")
     meta = {"topology_pdb": stores[0].topology_pdb, "atom_indices": atoms[0],
             "temperature_K": stores[0].temperature_K, "frames": int(len(latent)), "stride": stride,
+            "alignment": alignment,
             "validation_score": result.best_score, "best_epoch": result.best_epoch,
-            "settings": _jsonable(asdict(settings))}
+            "settings": jsonable(asdict(settings), default=str)}
     bundle.add("decoder", result.model, **meta)
     bundle.save(model_dir)
     save_history(result, model_dir / "history_decoder.json")
     return meta
+
+
+STAGES = ("encoder", "propagator", "decoder")
+
+
+def _check_split(lengths: Sequence[int], lag: int, span_what: str, settings: TrainingRunSettings,
+                 sequence_length: int | None = None) -> None:
+    """Index a dataset of the given trajectory lengths (no data read) and split it as training will."""
+    from .data import SequenceDataset, TimeLaggedDataset
+
+    dummies = [np.zeros((n, 1), dtype=np.float32) for n in lengths if n > 0]
+    if not dummies or max(lengths) <= lag:
+        raise LssError(f"{span_what} ({lag} frames) is not shorter than the trajectories "
+                       f"(the longest has {max(lengths, default=0)} frames)")
+    by, val_fraction, seed = settings.split_mode(len(lengths)), settings.val_fraction, settings.seed
+    if sequence_length is None:
+        dataset = TimeLaggedDataset(dummies, lag)
+        what = f"time-lagged pairs at {span_what} {lag} frames"
+    else:
+        labels = [np.zeros(len(d[offset::lag]), dtype=np.int64) for d in dummies for offset in range(lag)]
+        labels = [lab for lab in labels if len(lab) > sequence_length + 1]
+        if not labels:
+            raise LssError(f"the trajectories are too short for LSTM sequences of {sequence_length} tokens spaced "
+                           f"by {lag} frames (the longest has {max(lengths)} frames)")
+        dataset = SequenceDataset(labels, sequence_length + 1, stride=max(1, sequence_length // 2))
+        what = f"LSTM sequences of {sequence_length} tokens"
+    try:
+        train, val = dataset.split(val_fraction, by=by, seed=seed)
+    except LssError as exc:
+        raise LssError(f"too few frames for a training/validation split of {what} ({sum(lengths)} frames in "
+                       f"{len(lengths)} trajectories): {exc}") from None
+    if len(train) < 1 or len(val) < 1:
+        raise LssError(f"too few frames for a training/validation split of {what} ({sum(lengths)} frames)")
+
+
+def check_stages(stores: Sequence[Any], stages: Sequence[str], out: str | os.PathLike, *,
+                 encoder: EncoderSettings | None = None, propagator: PropagatorSettings | None = None,
+                 decoder: DecoderSettings | None = None, validate: bool = True, skip_damaged: bool = False,
+                 on_damage: Any = None) -> list:
+    """Check every requested stage against the data before any is trained; returns the opened stores.
+
+    Reads only the stores' metadata (and the model directory's ``model.json``
+    and encoder for stages that build on an existing one), so a run that
+    cannot succeed fails in seconds with one :class:`LssError` line instead of
+    after hours of training.  Checked: the stage names; that stages without
+    the encoder find one in ``out`` that matches the stores (features, frame
+    interval); that the stores hold features; that each lag is a whole number
+    of frames and shorter than the trajectories, with enough frames for the
+    training/validation split; that an MDN has an SRV encoder; that the
+    decoder's stores save positions, of the same atoms, and that the
+    alignment suits them; that the validation report (``validate``) will find
+    a propagator.  ``skip_damaged`` and ``on_damage`` are those of
+    :func:`lss_engine.store.open_stores` (which then reads every chunk).
+    """
+    from .decoder_data import choose_alignment
+    from .units import lag_to_frames
+
+    stages = [str(s).strip() for s in stages if str(s).strip()]
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown or not stages:
+        raise LssError(f"unknown stage(s) {', '.join(unknown) or '(none)'}; stages are: {', '.join(STAGES)}")
+    if "encoder" in stages and encoder is None or "propagator" in stages and propagator is None \
+            or "decoder" in stages and decoder is None:
+        raise LssError("check_stages needs the settings of every requested stage")
+    stores = _open(stores, skip_damaged, on_damage)
+    if not stores:
+        raise LssError("no trajectory stores given")
+    lengths = [len(s) for s in stores]
+    if min(lengths) == 0:
+        empty = stores[lengths.index(0)]
+        raise LssError(f"{empty.path} holds no frames")
+    dt = float(stores[0].frame_interval_ps)
+    for store in stores[1:]:
+        if not np.isclose(store.frame_interval_ps, dt, rtol=1e-9):
+            raise LssError(f"{store.path}: frame interval {store.frame_interval_ps:g} ps differs from "
+                           f"{stores[0].path}'s {dt:g} ps; train on stores recorded alike")
+    existing = None
+    model_json = Path(out) / "model.json"
+    if "encoder" in stages:
+        encoder.validate()
+        if any(s.n_features == 0 for s in stores):
+            bare = next(s for s in stores if s.n_features == 0)
+            raise LssError(f"{bare.path} holds no features for the encoder (lss simulate --features)")
+        names = list(stores[0].feature_names)
+        for store in stores[1:]:
+            if list(store.feature_names) != names:
+                raise LssError(f"{store.path} has other features than {stores[0].path}")
+        encoder_kind = encoder.kind
+        encoder_lag = lag_to_frames(encoder.lag, dt)
+        _check_split(lengths, encoder_lag, "the encoder's lag", encoder)
+    else:
+        if not model_json.exists():
+            first = "propagator" if "propagator" in stages else "decoder"
+            raise LssError(f"--stages {','.join(stages)}: the {first} needs an encoder, and {out} has no model; "
+                           f"add encoder to --stages or give the --out of a trained model")
+        existing = ModelBundle.load(out)
+        if "encoder" not in existing:
+            raise LssError(f"{out} has no encoder stage; add encoder to --stages")
+        trained = Encoder.from_bundle(existing)
+        for store in stores:
+            trained.matches(store)
+        encoder_kind, encoder_lag = trained.kind, trained.lag_frames
+    if "propagator" in stages:
+        propagator.validate()
+        if propagator.kind == "mdn" and encoder_kind != "srv":
+            raise LssError("an MDN propagates continuous SRV coordinates; train the encoder with --encoder srv "
+                           "(or use --propagator lstm)")
+        lag = encoder_lag if propagator.lag is None else lag_to_frames(propagator.lag, dt)
+        _check_split(lengths, lag, "the propagator's lag", propagator,
+                     sequence_length=propagator.sequence_length if propagator.kind == "lstm" else None)
+    if "decoder" in stages:
+        for store in stores:
+            if not store.topology_pdb or len(store.atom_indices) == 0:
+                raise LssError(f"{store.path} saves no positions; the decoder needs them "
+                               f"(lss simulate --save-atoms, ZarrReporter(atoms=...))")
+        atoms = [list(map(int, s.atom_indices)) for s in stores]
+        if any(a != atoms[0] for a in atoms):
+            raise LssError("the stores save different atoms; a decoder needs the same atoms in every store")
+        choose_alignment(len(atoms[0]), stores[0].topology, decoder.alignment)
+        stride = max(1, int(decoder.stride))
+        n_frames = sum(-(-n // stride) for n in lengths)
+        if n_frames < 4:  # DecoderDataset.split gives both sides frames from 4 frames on
+            raise LssError(f"too few frames for the decoder's training/validation split: {n_frames} at stride "
+                           f"{stride}")
+        has_propagator = "propagator" in stages or (existing is not None and "propagator" in existing)
+        if validate and not has_propagator:
+            raise LssError("the validation report after the decoder needs a propagator: add propagator to "
+                           "--stages, train it first, or pass --no-validation")
+        mdn = (propagator.kind if "propagator" in stages else existing["propagator"].meta.get("kind")) == "mdn" \
+            if has_propagator else True
+        if validate and not mdn:
+            raise LssError("the validation report needs an MDN propagator (the latent space simulator); "
+                           "pass --no-validation with an LSTM propagator")
+    return stores
+
+
+#: the (φ, ψ) grid MSM and the lag of the torsion kinetics in :func:`validate_simulator` (as the long-MD reference
+#: of ``lss demo``, ``resources/ala2_450K_reference.json``)
+TORSION_MSM_BINS = 24
+TORSION_MSM_LAG_PS = 10.0
+
+
+def torsion_kinetics(phi: Sequence[np.ndarray], psi: Sequence[np.ndarray], dt: float) -> dict:
+    """Kinetics of one backbone φ/ψ pair (rad), one array per trajectory, frames ``dt`` ps apart.
+
+    * ``slowest_timescale_ps``: the slowest implied timescale of a reversible
+      MSM on a :data:`TORSION_MSM_BINS` × :data:`TORSION_MSM_BINS` grid over
+      (φ, ψ) at lag :data:`TORSION_MSM_LAG_PS` (rounded to whole frames, at
+      least one; ``msm_lag_ps`` says which);
+    * ``mfpt_ps``: cored first-passage times between alanine dipeptide's
+      C7eq (φ < −1.0 or φ > 2.6) and C7ax (0.5 < φ < 1.8)
+      (:func:`lss_engine.kinetics.alanine_dipeptide_states`), counting a
+      trajectory's first passage from its start (the wells forget how they
+      were entered), each with ``n`` passages and ``n_censored`` unfinished;
+    * ``fraction_phi_positive``.
+    """
+    from . import kinetics
+
+    phi = [np.asarray(p, dtype=np.float64).ravel() for p in phi]
+    psi = [np.asarray(p, dtype=np.float64).ravel() for p in psi]
+    n = TORSION_MSM_BINS
+    edges = np.linspace(-np.pi, np.pi, n + 1)[1:-1]
+    dtrajs = [np.digitize(a, edges) * n + np.digitize(b, edges) for a, b in zip(phi, psi)]
+    lag = max(1, int(round(TORSION_MSM_LAG_PS / dt)))
+    out: dict[str, Any] = {"frames": int(sum(len(p) for p in phi)), "time_ns": sum(len(p) for p in phi) * dt / 1000,
+                           "dt_ps": dt, "msm_lag_ps": lag * dt, "msm_grid": [n, n]}
+    try:
+        timescales = kinetics.estimate_msm(dtrajs, lag, dt=dt, n_states=n * n).timescales(1)
+        out["slowest_timescale_ps"] = float(timescales[0]) if len(timescales) else None  # None: one state only
+    except LssError:  # too short for a single pair at the lag
+        out["slowest_timescale_ps"] = None
+    labels = kinetics.assign_states([p[:, None] for p in phi], kinetics.alanine_dipeptide_states())
+    out["mfpt_ps"] = {}
+    for name, (a, b) in {"C7eq->C7ax": (0, 1), "C7ax->C7eq": (1, 0)}.items():
+        fpt = kinetics.first_passage_times(labels, a, b, dt=dt, include_initial=True)
+        out["mfpt_ps"][name] = {"mean": fpt.mean, "n": fpt.n, "n_censored": fpt.n_censored,
+                                "ci95": list(fpt.interval())}
+    out["fraction_phi_positive"] = float(np.mean(np.concatenate(phi) > 0)) if phi else None
+    return out
 
 
 def validate_simulator(model_dir: str | os.PathLike, stores: Sequence[Any], out: str | os.PathLike | None = None, *,
@@ -510,7 +729,10 @@ def validate_simulator(model_dir: str | os.PathLike, stores: Sequence[Any], out:
     when the atoms hold φ/ψ torsions, the Jensen-Shannon distance of the
     Ramachandran histograms; :func:`lss_engine.structure.compare_structures`),
     next to the same metrics between the two halves of the MD (the floor
-    that finite sampling sets).
+    that finite sampling sets).  When the decoded atoms hold a φ and a ψ,
+    ``torsion_kinetics`` compares MD and the synthetic walkers decoded in
+    time order by :func:`torsion_kinetics` (slowest timescale of a (φ, ψ)
+    grid MSM, cored C7eq/C7ax first-passage times, share of φ > 0).
     """
     from . import kinetics
     from .kinetics import plots
@@ -559,11 +781,13 @@ def validate_simulator(model_dir: str | os.PathLike, stores: Sequence[Any], out:
     md_xyz = np.concatenate([s.positions() for s in stores])
     n_struct = min(50_000, len(md_xyz), len(pool))
     decoded = sim.decode(pool[rng.choice(len(pool), n_struct, replace=False)].astype(np.float32), seed=seed)
-    metrics["structures"] = compare_structures(decoded, md_xyz, sim.mdtraj_topology)
+    absolute = sim.alignment == "none"  # decoded frames are absolute positions, comparable coordinate by coordinate
+    metrics["decoder_alignment"] = sim.alignment
+    metrics["structures"] = compare_structures(decoded, md_xyz, sim.mdtraj_topology, absolute=absolute)
     # the floor set by finite sampling: the two halves of the MD compared the same way
     half = len(md_xyz) // 2
     metrics["structures_md_first_vs_second_half"] = compare_structures(md_xyz[:half], md_xyz[half:],
-                                                                       sim.mdtraj_topology)
+                                                                       sim.mdtraj_topology, absolute=absolute)
     try:  # Ramachandran plots of MD and decoded frames, when the decoded atoms hold a phi and a psi
         torsions = [backbone_torsions(x, sim.mdtraj_topology) for x in (md_xyz, decoded)]
     except LssError:
@@ -576,6 +800,17 @@ def validate_simulator(model_dir: str | os.PathLike, stores: Sequence[Any], out:
                                                  ylabel="ψ (rad)", vmax=top, title="Ramachandran free energy"),
                           out / "ramachandran_md_vs_lss.png")
         metrics["figures"].append("ramachandran_md_vs_lss.png")
-    write_json_atomic(out / "metrics.json", _jsonable(metrics))
+    if torsions:  # kinetics of the first φ/ψ: MD per store, the synthetic walkers decoded in time order
+        offsets = np.cumsum([len(p) for p in psi_md])[:-1]
+        md_phi, md_psi = (np.split(t[:, 0], offsets) for t in torsions[0])
+        lss_phi, lss_psi = [], []
+        for walker in psi_lss:  # decoded in chunks: memory stays bounded for long walkers
+            parts = [backbone_torsions(sim.decode(walker[i:i + 50_000].astype(np.float32), seed=seed),
+                                       sim.mdtraj_topology) for i in range(0, len(walker), 50_000)]
+            lss_phi.append(np.concatenate([phi[:, 0] for phi, _ in parts]))
+            lss_psi.append(np.concatenate([psi[:, 0] for _, psi in parts]))
+        metrics["torsion_kinetics"] = {"md": torsion_kinetics(md_phi, md_psi, sim.encoder.frame_interval_ps),
+                                       "lss": torsion_kinetics(lss_phi, lss_psi, sim.lag_ps)}
+    atomic_write_json(out / "metrics.json", jsonable(metrics, default=str), indent=2)
     return metrics
 

@@ -11,7 +11,7 @@ directory (:mod:`lss_engine.bundle`) and the topology of the atoms it decodes:
 A synthetic trajectory is :math:`\psi_0 \to \psi_1 \to \dots` by the
 propagator, one lag per step, each :math:`\psi_t` decoded to a structure.
 :meth:`LatentSpaceSimulator.generate` streams it to DCD/XTC/PDB files through
-OpenMM's own reporters (via :class:`~lss_engine.integrator.LatentSimulation`)
+OpenMM's own reporters (via :class:`~lss_engine.replay.LatentSimulation`)
 or to zarr stores, chunk by chunk, so memory is bounded whatever the length.
 
 Loading a simulator never executes code from the files: the bundle is JSON +
@@ -29,24 +29,43 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from ._helpers import derive_seed, fresh_seed
 from .bundle import ModelBundle
 from .encoder import Encoder
 from .errors import LssError
+from .outputs import WalkerFrames, claim_outputs, walker_paths, write_walkers
 
-__all__ = ["LatentSpaceSimulator", "WalkerStream", "OUTPUT_FORMATS"]
+__all__ = ["LatentSpaceSimulator", "WalkerStream", "OUTPUT_FORMATS", "start_from_text"]
 
 #: file suffixes :meth:`LatentSpaceSimulator.generate` writes
 OUTPUT_FORMATS = (".dcd", ".xtc", ".pdb", ".zarr")
 
 
-def _seed_for(seed: int, *keys: int) -> int:
-    """A 63-bit seed derived from ``seed`` and integer keys (chunk, walker, ...)."""
-    state = np.random.SeedSequence([int(seed), *[int(k) for k in keys]]).generate_state(1, np.uint64)[0]
-    return int(state >> np.uint64(1))
+def start_from_text(text: str | None) -> Any:
+    """A walkers' ``start`` (see :meth:`LatentSpaceSimulator.start_latent`) named by text.
+
+    ``None``: the default start; ``"x.pdb"``: the whole-system positions of a
+    PDB file (nm); ``"STORE"`` or ``"STORE:FRAME"``: a frame of a trajectory
+    store (frame 0 by default; a path containing ``:`` that exists is a store).
+    """
+    if text is None:
+        return None
+    path = Path(text)
+    if path.suffix.lower() == ".pdb":
+        from openmm import unit
+        from openmm.app import PDBFile
+
+        pdb = PDBFile(str(path))
+        return np.asarray(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+    store, _, frame = text.rpartition(":") if ":" in text and not path.exists() else (text, "", "0")
+    try:
+        return (store, int(frame or 0))
+    except ValueError:
+        raise LssError(f"start must be STORE[:FRAME] or a PDB file, got {text!r}") from None
 
 
 class WalkerStream:
@@ -55,7 +74,7 @@ class WalkerStream:
     Every ``chunk_steps`` steps all walkers are propagated together (one
     network call per step for all of them) and the frames at multiples of
     ``decode_every`` are decoded in one batch.  :meth:`source` gives each
-    walker a :class:`~lss_engine.integrator.FrameSource` that reads its column;
+    walker a :class:`~lss_engine.replay.FrameSource` that reads its column;
     drive the walkers so that none runs more than a chunk ahead of another
     (as :meth:`LatentSpaceSimulator.generate` does), and memory stays at about
     two chunks.
@@ -72,10 +91,10 @@ class WalkerStream:
         self.decode_every = int(decode_every)
         # whole multiples of decode_every per chunk, so decoded steps stay on the grid
         self.chunk_steps = max(1, int(chunk_steps) // self.decode_every) * self.decode_every
-        self.sampler = simulator.propagator.sampler(start, seed=_seed_for(seed, 0), device=device)
+        self.sampler = simulator.propagator.sampler(start, seed=derive_seed(seed, 0), device=device)
         self.n_walkers = self.sampler.n_walkers
         start_latent = self.sampler.state()
-        self._start_frames = simulator.decode(start_latent, seed=_seed_for(seed, 1))
+        self._start_frames = simulator.decode(start_latent, seed=derive_seed(seed, 1))
         self._start_latent = start_latent
         self._chunks: dict[int, tuple[np.ndarray, dict[int, np.ndarray]]] = {}
         self._generated = 0  # chunks generated so far
@@ -87,7 +106,7 @@ class WalkerStream:
         latent = self.sampler.run(self.chunk_steps)  # (T, W, D), steps index*T+1 ... (index+1)*T
         offsets = np.arange(self.decode_every - 1, self.chunk_steps, self.decode_every)
         flat = latent[offsets].reshape(-1, latent.shape[-1])
-        frames = self.simulator.decode(flat, seed=_seed_for(self.seed, 2, index))
+        frames = self.simulator.decode(flat, seed=derive_seed(self.seed, 2, index))
         frames = frames.reshape(len(offsets), self.n_walkers, *frames.shape[1:])
         decoded = {int(o): frames[i] for i, o in enumerate(offsets)}
         self._chunks[index] = (latent, decoded)
@@ -120,7 +139,7 @@ class WalkerStream:
         if offset in decoded:
             return decoded[offset][walker]
         # off the decode grid: decode this one frame alone (seeded by its place)
-        return self.simulator.decode(latent[offset, walker][None], seed=_seed_for(self.seed, 3, walker, step))[0]
+        return self.simulator.decode(latent[offset, walker][None], seed=derive_seed(self.seed, 3, walker, step))[0]
 
     def all_walkers(self, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Frames ``(n, W, n_atoms, 3)`` and latent points ``(n, W, D)`` of every walker at ``steps`` (≥ 1, on
@@ -138,7 +157,7 @@ class WalkerStream:
 
 
 class _WalkerSource:
-    """The :class:`~lss_engine.integrator.FrameSource` of one walker of a :class:`WalkerStream`."""
+    """The :class:`~lss_engine.replay.FrameSource` of one walker of a :class:`WalkerStream`."""
 
     def __init__(self, stream: WalkerStream, walker: int):
         self.stream = stream
@@ -264,8 +283,16 @@ class LatentSpaceSimulator:
         """Latent trajectories ``(W, n_steps + 1, D)`` from latent ``start`` (see ``MDNPropagator.propagate``)."""
         return self.propagator.propagate(start, n_steps, n_walkers=n_walkers, seed=seed)
 
+    @property
+    def alignment(self) -> str:
+        """How the decoder's training frames were superposed, hence what its outputs are: ``"kabsch"``
+        (aligned onto :meth:`decoder_reference`; molecules, and every bundle written before the choice
+        existed) or ``"none"`` (absolute positions, e.g. a particle in an external potential)."""
+        return str(getattr(self.decoder, "alignment", "kabsch"))
+
     def decode(self, latent: Any, seed: int | None = None) -> np.ndarray:
-        """Structures ``(N, n_atoms, 3)`` nm of the decoded atoms for latent points ``(N, D)``."""
+        """Structures ``(N, n_atoms, 3)`` nm of the decoded atoms for latent points ``(N, D)``: aligned
+        onto the decoder's reference, or absolute positions when :attr:`alignment` is ``"none"``."""
         return self.decoder.decode(np.atleast_2d(np.asarray(latent, dtype=np.float32)), seed=seed)
 
     def start_latent(self, start: Any = None, n_walkers: int = 1, seed: int | None = None) -> np.ndarray:
@@ -316,21 +343,22 @@ class LatentSpaceSimulator:
                decode_every: int = 1) -> WalkerStream:
         """A :class:`WalkerStream` of ``n_walkers`` walkers (see :meth:`start_latent` for ``start``)."""
         if seed is None:
-            seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> np.uint64(1))
-        z0 = self.start_latent(start, n_walkers, seed=_seed_for(seed, 4))
+            seed = fresh_seed()
+        z0 = self.start_latent(start, n_walkers, seed=derive_seed(seed, 4))
         return WalkerStream(self, z0, seed=seed, chunk_steps=chunk_steps, decode_every=decode_every)
 
     def simulation(self, start: Any = None, *, seed: int | None = None, chunk_steps: int = 1000,
                    report_interval: int = 1) -> "LatentSimulation":  # noqa: F821
         """One walker as an ``openmm.app.Simulation`` look-alike: add OpenMM reporters, then ``step(n)``."""
-        from .integrator import LatentSimulation
+        from .replay import LatentSimulation
 
         stream = self.stream(start, 1, seed=seed, chunk_steps=chunk_steps, decode_every=report_interval)
         return LatentSimulation(self.topology, stream.source(0), self.lag_ps)
 
     def generate(self, n_steps: int, n_walkers: int = 1, out: str | os.PathLike = "synth.dcd", *,
                  start: Any = None, seed: int | None = None, report_interval: int = 1,
-                 chunk_steps: int = 1000, overwrite: bool = False, progress: bool = True) -> list[Path]:
+                 chunk_steps: int = 1000, overwrite: bool = False, progress: bool = True,
+                 threads: int | None = None) -> list[Path]:
         """Write ``n_walkers`` synthetic trajectories of ``n_steps`` lag steps, streaming.
 
         ``out``'s suffix picks the format: ``.dcd``, ``.xtc``, ``.pdb`` (OpenMM's
@@ -338,10 +366,15 @@ class LatentSpaceSimulator:
         or ``.zarr`` (our store: decoded positions plus the latent
         coordinates as the observable ``latent``).  With several walkers,
         walker ``i`` goes to ``<stem>_<i><suffix>``.  Frames are reported every
-        ``report_interval`` steps (time = step × lag).  Returns the paths.
+        ``report_interval`` steps (time = step × lag).  ``threads``: torch CPU
+        threads for the process (:func:`lss_engine._helpers.configure_threads`;
+        ``None``: its default).  Returns the paths.
         """
         from tqdm.auto import tqdm
 
+        from ._helpers import configure_threads
+
+        configure_threads(threads)
         out = Path(out)
         suffix = out.suffix.lower()
         if suffix not in OUTPUT_FORMATS:
@@ -349,10 +382,8 @@ class LatentSpaceSimulator:
         n_steps, n_walkers, report_interval = int(n_steps), int(n_walkers), int(report_interval)
         if n_steps < 1 or n_walkers < 1 or report_interval < 1:
             raise LssError("n_steps, n_walkers and report_interval must be positive")
-        paths = [out] if n_walkers == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(n_walkers)]
-        for p in paths:
-            if p.exists() and not overwrite:
-                raise LssError(f"{p} exists; pass overwrite=True (--overwrite) to replace it")
+        paths = walker_paths(out, n_walkers, directory=False)
+        claim_outputs(paths, overwrite=overwrite)  # refused unless overwrite; then only stores/files are replaced
         out.parent.mkdir(parents=True, exist_ok=True)
         chunk = min(int(chunk_steps), n_steps + report_interval - 1)  # a short run makes one short chunk
         chunk = max(report_interval, (chunk // report_interval) * report_interval)
@@ -373,7 +404,7 @@ class LatentSpaceSimulator:
                         report_interval: int, chunk: int, bar) -> None:
         from openmm import app
 
-        from .integrator import LatentSimulation
+        from .replay import LatentSimulation
 
         topology = self.topology
         if suffix != ".pdb":
@@ -405,24 +436,30 @@ class LatentSpaceSimulator:
 
     def _generate_stores(self, stream: WalkerStream, paths: list[Path], n_steps: int, report_interval: int,
                          chunk: int, overwrite: bool, bar) -> None:
-        from .store import FeatureBlock, MultiStoreWriter
+        from .store import FeatureBlock
 
         names = [f"psi{i + 1}" for i in range(self.n_latent)]
-        with MultiStoreWriter.create(
-                paths, overwrite=overwrite, topology=self.topology, positions_for_pdb=self.decoder_reference(),
-                timestep_ps=self.lag_ps, report_interval=report_interval, temperature_K=self.temperature_K,
-                chunk_frames=chunk // report_interval,  # one chunk per commit: each chunk file written once
-                observables=[FeatureBlock("latent", names, ["1"] * len(names))],
-                provenance={"generator": "lss_engine.LatentSpaceSimulator", "seed": stream.seed}) as writer:
+        layout = dict(topology=self.topology, positions_for_pdb=self.decoder_reference(), timestep_ps=self.lag_ps,
+                      report_interval=report_interval, temperature_K=self.temperature_K,
+                      chunk_frames=chunk // report_interval,  # one chunk per commit: each chunk file written once
+                      observables=[FeatureBlock("latent", names, ["1"] * len(names))],
+                      provenance={"generator": "lss_engine.LatentSpaceSimulator", "seed": stream.seed})
+
+        def frames():
             done = 0
             while done < n_steps:
                 k = min(chunk, n_steps - done)
                 steps = np.arange(done + report_interval, done + k + 1, report_interval)
-                positions, latent = stream.all_walkers(steps)
-                writer.append(steps, steps * self.lag_ps, positions=positions, features={"latent": latent})
-                writer.commit()
-                bar.update(k * len(paths))
                 done += k
+                if not len(steps):  # a last piece shorter than report_interval reports nothing
+                    continue
+                positions, latent = stream.all_walkers(steps)
+                yield WalkerFrames(steps, steps * self.lag_ps, positions=positions, features={"latent": latent})
+
+        def committed(last_step: int) -> None:  # the last chunk may end before n_steps (off the report grid)
+            bar.update((n_steps if last_step + report_interval > n_steps else last_step) * len(paths) - bar.n)
+
+        write_walkers(paths, len(paths), layout, frames(), overwrite=overwrite, on_commit=committed)
 
     def decoder_reference(self) -> np.ndarray:
         """``(n_atoms, 3)`` nm: the structure the decoder's outputs are aligned to."""

@@ -1,4 +1,4 @@
-"""Trajectory stores: the zarr v3 layout, its writer and its reader.
+"""Trajectory stores: the zarr v3 layout, its writers and its reader.
 
 A store is one trajectory in a zarr v3 directory that follows the H5MD /
 ZarrMD conventions (documented in ``docs/store.md``)::
@@ -15,29 +15,39 @@ ZarrMD conventions (documented in ``docs/store.md``)::
       particles/<group>/box/edges/{value (F, 3, 3) f4 nm, step, time}   (periodic only)
       observables/<feature>/{value (F, n) f4, step, time}
 
-Only the first ``frames_committed`` frames of each array are valid: the writer
-publishes that root attribute *after* the data, so a reader of a store that is
-being written (or whose writer was killed) sees complete frames only.
+Schema 2 (this version) guarantees, for every reader including plain zarr:
 
-Crash safety rests on two facts: zarr's ``LocalStore`` (zarr ≥ 3.1) writes
-every key to a temporary file and renames it into place, so a chunk or a
-metadata document is always either the old or the new version; and the writer
-keeps the partially filled chunk of each array in memory and rewrites it
-*whole* (padded with the fill value) at each flush, so zarr never has to
-read-modify-write a chunk.
+* **Arrays are exactly as long as the committed frames.**  A commit writes
+  the data chunks, then each array's metadata with its new length, then the
+  root's ``frames_committed``; so an array never shows a row whose data are
+  not on disk, and ``value.shape[0] == frames_committed`` whenever no commit
+  is under way (during one, an array may already be longer than
+  ``frames_committed``, by whole valid frames).
+* **Damage never reads as numbers.**  Every chunk ends in a CRC32C checksum
+  (zarr's ``crc32c`` codec), float arrays have a NaN fill value, and
+  :class:`TrajectoryStore` checks that every chunk of a range it reads exists:
+  a missing, truncated or garbled chunk raises a one-line :class:`StoreError`
+  naming the store, the array and the frames.  :meth:`TrajectoryStore.verify`
+  reads every chunk; :func:`open_stores` with ``skip_damaged=True`` turns
+  damaged ranges into trajectory breaks.
 
-:class:`StoreWriter` writes one store through zarr; :class:`MultiStoreWriter`
-writes many stores of one layout in lockstep (the walkers of a synthetic run),
-copying a layout zarr built once and writing zarr's files directly, with the
-same rename-into-place writes and the same order (data, then
-``frames_committed``): 1000 stores cost about 1 s to create and 1 s per commit
-instead of 35 ms and 3–6 ms *per store*.
+Crash safety: every file (chunk or metadata document) is written to a
+temporary name and renamed into place, so it is always either the old or the
+new version; chunks are written whole (the writer keeps the partly filled
+chunk of each array in memory), so nothing is ever read-modified-written.
+
+Schema 1 stores (arrays grown in whole chunks, no checksums, zero fill) still
+open read-only.
+
+:class:`MultiStoreWriter` writes many stores of one layout in lockstep (the
+walkers of a synthetic run); :class:`StoreWriter` is the same writer for one
+store, which it can also continue and truncate.  Both write zarr's files
+directly (the layout itself is made once by zarr).
 """
 from __future__ import annotations
 
 import glob
 import io
-import itertools
 import json
 import os
 import shutil
@@ -45,10 +55,11 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from ._helpers import atomic_write_bytes, fsync_dir
 from .errors import StoreError
 from .provenance import provenance as _provenance
 
@@ -57,17 +68,25 @@ if TYPE_CHECKING:  # pragma: no cover
     import openmm.app
 
 #: Version of the layout written by this lss_engine; readers refuse newer ones.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions this lss_engine reads (older ones read-only).
+READABLE_SCHEMA_VERSIONS = (1, 2)
 STORE_KIND = "trajectory"
 #: Target size of one uncompressed chunk along the frame axis.
 DEFAULT_CHUNK_BYTES = 1024**2
 _MIN_CHUNK_FRAMES = 16
 
 
-def _compressor():
-    from zarr.codecs import BloscCodec
+def _compressors() -> list:
+    """Bytes-to-bytes codecs of every array: Blosc (zstd), then a CRC32C checksum."""
+    from zarr.codecs import BloscCodec, Crc32cCodec
 
-    return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+    return [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec()]
+
+
+def _fill_value(dtype) -> Any:
+    """NaN for floats (a missing chunk can never read as numbers), -1 for step numbers."""
+    return float("nan") if np.issubdtype(np.dtype(dtype), np.floating) else -1
 
 
 def chunk_frames_for(frame_shape: Sequence[int], itemsize: int, target_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
@@ -93,8 +112,7 @@ class _ChunkedAppender:
     in lockstep the frame shape carries a leading store axis.
     """
 
-    def __init__(self, chunk: int, frame_shape: Sequence[int], dtype, n_frames: int = 0, head=None, array=None):
-        self.array = array
+    def __init__(self, chunk: int, frame_shape: Sequence[int], dtype, n_frames: int = 0, head=None):
         self.chunk = int(chunk)
         self.buffer = np.zeros((self.chunk,) + tuple(frame_shape), dtype=dtype)
         self.start = (n_frames // self.chunk) * self.chunk  # first frame of the buffered chunk
@@ -103,11 +121,6 @@ class _ChunkedAppender:
         self._completed: list[tuple[int, np.ndarray]] = []
         if self.filled:
             self.buffer[: self.filled] = head(self.start, n_frames)
-
-    @classmethod
-    def of_array(cls, array, n_frames: int) -> "_ChunkedAppender":
-        """Continue a zarr array whose first ``n_frames`` frames are valid."""
-        return cls(array.chunks[0], array.shape[1:], array.dtype, n_frames, lambda a, b: array[a:b], array)
 
     def append(self, data: np.ndarray) -> None:
         pos = 0
@@ -133,33 +146,6 @@ class _ChunkedAppender:
         return writes
 
 
-def _write_chunks(jobs: list[tuple[Any, int, np.ndarray]]) -> None:
-    """Write ``(array, first frame, chunk data)`` jobs in one pass of zarr's event loop.
-
-    Arrays are grown first (metadata), then all chunks are encoded and stored
-    concurrently: one round trip instead of one per array.
-    """
-    import asyncio
-
-    from zarr.core.sync import sync
-
-    grow: dict[int, tuple[Any, int]] = {}
-    for array, start, data in jobs:
-        need = start + len(data)
-        if need > max(array.shape[0], grow.get(id(array), (array, 0))[1]):
-            grow[id(array)] = (array, need)
-
-    async def run() -> None:
-        await asyncio.gather(
-            *(a.async_array.resize((n,) + tuple(a.shape[1:])) for a, n in grow.values())
-        )
-        await asyncio.gather(
-            *(a.async_array.setitem(slice(start, start + len(data)), data) for a, start, data in jobs)
-        )
-
-    sync(run())
-
-
 def _create_timeseries(
     group,
     name: str,
@@ -170,14 +156,11 @@ def _create_timeseries(
     attrs: dict | None = None,
     *,
     chunk_frames: int | None = None,
-    n_frames: int = 0,
 ):
-    """An H5MD time-dependent element: ``name/{value, step, time}``.
+    """An H5MD time-dependent element ``name/{value, step, time}``, zero frames long.
 
     Chunks hold about ``chunk_bytes`` each, or ``chunk_frames`` frames in every
-    array when given; the arrays start ``n_frames`` long (frames beyond
-    ``frames_committed`` are not valid, so a writer that knows the final length
-    need not grow them).
+    array when given.
     """
     element = group.create_group(name, attributes=attrs or {})
     arrays = [("value", frame_shape, dtype, unit)] + [("step", (), "int64", None), ("time", (), "float64", "ps")]
@@ -185,11 +168,11 @@ def _create_timeseries(
         chunk = chunk_frames or chunk_frames_for(shape, np.dtype(sub_dtype).itemsize, chunk_bytes)
         element.create_array(
             sub,
-            shape=(int(n_frames),) + shape,
+            shape=(0,) + shape,
             chunks=(int(chunk),) + shape,
             dtype=sub_dtype,
-            compressors=_compressor(),
-            fill_value=0,
+            compressors=_compressors(),
+            fill_value=_fill_value(sub_dtype),
             attributes={"unit": sub_unit} if sub_unit else {},
         )
     return element
@@ -215,7 +198,7 @@ def _check_new_store_path(path: Path, overwrite: bool) -> None:
     """Refuse an existing ``path`` unless ``overwrite`` and it is an lss_engine store."""
     if path.exists():
         if not overwrite:
-            raise StoreError(f"{path} already exists; append to it (append=True) or choose another path")
+            raise StoreError(f"{path} already exists; append to it or choose another path (or overwrite it)")
         _refuse_non_store(path)
 
 
@@ -235,6 +218,91 @@ def _create_atomically(path: Path, fill) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    fsync_dir(path.parent)
+
+
+def _build_layout(
+    directory: Path,
+    *,
+    topology: "openmm.app.Topology | None" = None,
+    positions_for_pdb: np.ndarray | None = None,
+    atom_indices: Sequence[int] | None = None,
+    featurizer=None,
+    timestep_ps: float,
+    report_interval: int,
+    temperature_K: float | None,
+    periodic: bool = False,
+    particles_group: str | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    chunk_frames: int | None = None,
+    provenance: dict | None = None,
+    observables: Sequence[FeatureBlock] = (),
+) -> None:
+    """Make an empty store of the given layout in the new directory ``directory`` (with zarr)."""
+    import zarr
+
+    from . import __version__
+
+    n_system = 0 if topology is None else topology.getNumAtoms()
+    indices = np.arange(n_system) if atom_indices is None else np.asarray(atom_indices, dtype=np.int64)
+    if indices.size and (indices.min() < 0 or indices.max() >= n_system):
+        raise StoreError(f"atom indices out of range for a system of {n_system} atoms")
+    group = particles_group or ("all" if indices.size == n_system else "selection")
+    blocks = _feature_blocks(featurizer) + list(observables)
+    if len({b.name for b in blocks}) != len(blocks):
+        raise StoreError("observable names must be unique")
+    if timestep_ps <= 0 or report_interval < 1:
+        raise StoreError("time step and report interval must be positive")
+    if chunk_frames is not None and chunk_frames < 1:
+        raise StoreError("chunk_frames must be positive")
+    series = dict(chunk_bytes=chunk_bytes, chunk_frames=chunk_frames)
+    root = zarr.open_group(
+        str(directory),
+        mode="w",
+        zarr_format=3,
+        attributes={
+            "lss_engine": {"schema_version": SCHEMA_VERSION, "kind": STORE_KIND},
+            "frames_committed": 0,
+        },
+    )
+    root.create_group(
+        "h5md",
+        attributes={
+            "version": [1, 1],
+            "author": {"name": os.environ.get("USER", "unknown")},
+            "creator": {"name": "lss_engine", "version": __version__},
+        },
+    )
+    root.create_group(
+        "parameters",
+        attributes={
+            "timestep_ps": float(timestep_ps),
+            "report_interval": int(report_interval),
+            "frame_interval_ps": float(timestep_ps) * int(report_interval),
+            "temperature_K": None if temperature_K is None else float(temperature_K),
+            "feature_spec": None if featurizer is None else featurizer.spec(),
+            "topology_pdb": _subset_pdb(topology, indices, positions_for_pdb) if indices.size else None,
+            "particles_group": group,
+            "atom_indices": indices.tolist(),
+            "n_atoms_system": int(n_system),
+            "periodic": bool(periodic),
+            "provenance": provenance or _provenance(),
+        },
+    )
+    particles = root.create_group("particles")
+    obs_group = root.create_group("observables")
+    if indices.size:
+        pgroup = particles.create_group(group)
+        _create_timeseries(pgroup, "position", (int(indices.size), 3), "float32", "nm", **series)
+        box = pgroup.create_group(
+            "box",
+            attributes={"dimension": 3, "boundary": ["periodic" if periodic else "none"] * 3},
+        )
+        if periodic:
+            _create_timeseries(box, "edges", (3, 3), "float32", "nm", **series)
+    for block in blocks:
+        _create_timeseries(obs_group, block.name, (len(block.names),), "float32", None,
+                           attrs={"names": block.names, "units": block.units}, **series)
 
 
 class _FrameBuffer:
@@ -304,281 +372,35 @@ class _FrameBuffer:
         self._pending += n
 
 
-class StoreWriter(_FrameBuffer):
-    """Writes frames into a trajectory store; create with :meth:`create` or :meth:`open_append`.
-
-    Frames are appended with :meth:`append` and become visible to readers at
-    :meth:`commit`, which writes the buffered chunks and then publishes
-    ``frames_committed``.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        import zarr
-
-        self.path = Path(path)
-        self.root = zarr.open_group(str(self.path), mode="r+")
-        self._reader = TrajectoryStore(self.path)
-        self.frames_committed = self._reader.n_frames
-        self._pending = 0
-        self._appenders: dict[str, _ChunkedAppender] = {}
-        for key in self._reader._timeseries_keys():
-            array = self.root[key]
-            self._appenders[key] = _ChunkedAppender.of_array(array, self.frames_committed)
-
-    # -- construction ------------------------------------------------------
-    @classmethod
-    def create(
-        cls,
-        path: str | os.PathLike,
-        *,
-        topology: "openmm.app.Topology | None" = None,
-        positions_for_pdb: np.ndarray | None = None,
-        atom_indices: Sequence[int] | None = None,
-        featurizer=None,
-        timestep_ps: float,
-        report_interval: int,
-        temperature_K: float | None,
-        periodic: bool = False,
-        particles_group: str | None = None,
-        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-        chunk_frames: int | None = None,
-        reserve_frames: int = 0,
-        overwrite: bool = False,
-        provenance: dict | None = None,
-        observables: Sequence[FeatureBlock] = (),
-    ) -> "StoreWriter":
-        """Create an empty store; the layout appears at ``path`` atomically.
-
-        Parameters
-        ----------
-        topology
-            OpenMM topology of the whole system.
-        positions_for_pdb
-            (n_atoms_system, 3) positions in nm for the topology's PDB record
-            (defaults to zeros).
-        atom_indices
-            Atoms whose positions are saved (``None``: all; empty: none).
-        featurizer
-            A :class:`lss_engine.features.Featurizer` (or ``None``); each of its
-            blocks becomes one observable.
-        timestep_ps, report_interval, temperature_K
-            Integrator step size, steps between frames, temperature.
-        periodic
-            Whether box vectors are saved with each frame.
-        observables
-            Further observables not produced by a featurizer (e.g. the latent
-            coordinates of a synthetic trajectory); with no topology, a store
-            holds observables only.
-        chunk_bytes, chunk_frames
-            Uncompressed bytes per chunk (about), or frames per chunk of every
-            array when ``chunk_frames`` is given.
-        reserve_frames
-            Initial length of the arrays (e.g. the final number of frames, so
-            that commits need not grow them); only ``frames_committed`` frames
-            are valid whatever the length.
-        """
-        import zarr
-
-        from . import __version__
-
-        path = Path(path)
-        _check_new_store_path(path, overwrite)
-        n_system = 0 if topology is None else topology.getNumAtoms()
-        indices = np.arange(n_system) if atom_indices is None else np.asarray(atom_indices, dtype=np.int64)
-        if indices.size and (indices.min() < 0 or indices.max() >= n_system):
-            raise StoreError(f"atom indices out of range for a system of {n_system} atoms")
-        group = particles_group or ("all" if indices.size == n_system else "selection")
-        blocks = _feature_blocks(featurizer) + list(observables)
-        if len({b.name for b in blocks}) != len(blocks):
-            raise StoreError("observable names must be unique")
-        if timestep_ps <= 0 or report_interval < 1:
-            raise StoreError("time step and report interval must be positive")
-        if (chunk_frames is not None and chunk_frames < 1) or reserve_frames < 0:
-            raise StoreError("chunk_frames must be positive and reserve_frames non-negative")
-        series = dict(chunk_bytes=chunk_bytes, chunk_frames=chunk_frames, n_frames=reserve_frames)
-
-        def fill(tmp: Path) -> None:
-            root = zarr.open_group(
-                str(tmp),
-                mode="w",
-                zarr_format=3,
-                attributes={
-                    "lss_engine": {"schema_version": SCHEMA_VERSION, "kind": STORE_KIND},
-                    "frames_committed": 0,
-                },
-            )
-            root.create_group(
-                "h5md",
-                attributes={
-                    "version": [1, 1],
-                    "author": {"name": os.environ.get("USER", "unknown")},
-                    "creator": {"name": "lss_engine", "version": __version__},
-                },
-            )
-            root.create_group(
-                "parameters",
-                attributes={
-                    "timestep_ps": float(timestep_ps),
-                    "report_interval": int(report_interval),
-                    "frame_interval_ps": float(timestep_ps) * int(report_interval),
-                    "temperature_K": None if temperature_K is None else float(temperature_K),
-                    "feature_spec": None if featurizer is None else featurizer.spec(),
-                    "topology_pdb": _subset_pdb(topology, indices, positions_for_pdb) if indices.size else None,
-                    "particles_group": group,
-                    "atom_indices": indices.tolist(),
-                    "n_atoms_system": int(n_system),
-                    "periodic": bool(periodic),
-                    "provenance": provenance or _provenance(),
-                },
-            )
-            particles = root.create_group("particles")
-            obs_group = root.create_group("observables")
-            if indices.size:
-                pgroup = particles.create_group(group)
-                _create_timeseries(pgroup, "position", (int(indices.size), 3), "float32", "nm", **series)
-                box = pgroup.create_group(
-                    "box",
-                    attributes={"dimension": 3, "boundary": ["periodic" if periodic else "none"] * 3},
-                )
-                if periodic:
-                    _create_timeseries(box, "edges", (3, 3), "float32", "nm", **series)
-            for block in blocks:
-                _create_timeseries(obs_group, block.name, (len(block.names),), "float32", None,
-                                   attrs={"names": block.names, "units": block.units}, **series)
-
-        _create_atomically(path, fill)
-        return cls(path)
-
-    @classmethod
-    def open_append(
-        cls,
-        path: str | os.PathLike,
-        *,
-        atom_indices: Sequence[int] | None,
-        n_atoms_system: int,
-        featurizer,
-        timestep_ps: float,
-        report_interval: int,
-    ) -> "StoreWriter":
-        """Open an existing store to continue it; refuses anything that does not match.
-
-        Raises
-        ------
-        StoreError
-            If the saved atoms, feature spec, time step or report interval differ.
-        """
-        reader = TrajectoryStore(path)
-        indices = np.arange(n_atoms_system) if atom_indices is None else np.asarray(atom_indices)
-        if reader.n_atoms_system != n_atoms_system or len(reader.atom_indices) != len(indices):
-            raise StoreError(
-                f"cannot append to {path}: it saves {len(reader.atom_indices)} of {reader.n_atoms_system} atoms, "
-                f"this run saves {len(indices)} of {n_atoms_system}"
-            )
-        if not np.array_equal(reader.atom_indices, indices):
-            raise StoreError(f"cannot append to {path}: the saved atom selection differs")
-        spec = None if featurizer is None else featurizer.spec()
-        if _canonical(spec) != _canonical(reader.feature_spec):
-            raise StoreError(f"cannot append to {path}: the feature spec differs from the store's")
-        if not np.isclose(reader.timestep_ps, timestep_ps, rtol=1e-9, atol=0):
-            raise StoreError(
-                f"cannot append to {path}: time step {timestep_ps:g} ps differs from the store's {reader.timestep_ps:g} ps"
-            )
-        if reader.report_interval != int(report_interval):
-            raise StoreError(
-                f"cannot append to {path}: report interval {report_interval} differs from the store's {reader.report_interval}"
-            )
-        return cls(path)
-
-    # -- writing -----------------------------------------------------------
-    @property
-    def last_step(self) -> int | None:
-        """Step of the last committed frame (``None`` for an empty store)."""
-        if self.frames_committed == 0:
-            return None
-        key = self._reader._timeseries_keys()[0].rsplit("/", 1)[0] + "/step"
-        return int(self.root[key][self.frames_committed - 1])
-
-    def truncate_after_step(self, step: int) -> int:
-        """Drop committed frames with a step greater than ``step``; returns how many were dropped.
-
-        Used when a simulation restarts from a checkpoint taken at ``step``.
-        """
-        if self._pending:
-            raise StoreError("cannot truncate a store with uncommitted frames")
-        if self.frames_committed == 0:
-            return 0
-        key = self._reader._timeseries_keys()[0].rsplit("/", 1)[0] + "/step"
-        steps = self.root[key][: self.frames_committed]
-        keep = int(np.searchsorted(steps, step, side="right"))
-        dropped = self.frames_committed - keep
-        if dropped:
-            self.root.attrs["frames_committed"] = keep
-            self.frames_committed = keep
-            for key, app in self._appenders.items():
-                self._appenders[key] = _ChunkedAppender.of_array(app.array, keep)
-        return dropped
-
-    def commit(self) -> int:
-        """Write buffered chunks, then publish ``frames_committed``; returns it."""
-        if not self._pending:
-            return self.frames_committed
-        _write_chunks([(app.array, start, data) for app in self._appenders.values() for start, data in app.take_writes()])
-        self.frames_committed += self._pending
-        self._pending = 0
-        self.root.attrs["frames_committed"] = self.frames_committed
-        return self.frames_committed
-
-
-# --------------------------------------------------------------------------
-# many stores at once
-# --------------------------------------------------------------------------
-def _write_file(path: str, data) -> None:
-    """Write ``data`` (bytes-like) to a new file."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-    try:
-        view = memoryview(data).cast("B")
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
-
-
-_TEMP_NAMES = itertools.count()
-_TEMP_TOKEN = uuid.uuid4().hex[:12]
-
-
-def _put_atomic(path: str, data) -> None:
-    """Replace a file as zarr's ``LocalStore`` does: write a temporary file, rename it into place."""
-    tmp = f"{path}.{_TEMP_TOKEN}-{os.getpid()}-{next(_TEMP_NAMES)}.partial"
-    try:
-        _write_file(tmp, data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _chunk_encoder(array):
     """``encode(chunk) -> bytes``: one whole chunk of ``array`` encoded as zarr encodes it.
 
-    The writer's arrays use the bytes codec and Blosc (:func:`_compressor`);
-    anything else is refused rather than written wrongly.
+    The writer's arrays use the bytes codec, Blosc and a CRC32C checksum
+    (:func:`_compressors`); anything else is refused rather than written wrongly.
     """
+    import google_crc32c
     from numcodecs import Blosc
-    from zarr.codecs import BloscCodec, BytesCodec
+    from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
 
     codecs = tuple(array.metadata.codecs)
-    if len(codecs) != 2 or not isinstance(codecs[0], BytesCodec) or not isinstance(codecs[1], BloscCodec):
-        raise StoreError(f"{array.name}: codecs {codecs} are not the writer's bytes + Blosc")
+    if (
+        len(codecs) != 3
+        or not isinstance(codecs[0], BytesCodec)
+        or not isinstance(codecs[1], BloscCodec)
+        or not isinstance(codecs[2], Crc32cCodec)
+    ):
+        raise StoreError(f"{array.name}: codecs {codecs} are not the writer's bytes + Blosc + CRC32C")
     endian = codecs[0].endian
     dtype = np.dtype(array.dtype).newbyteorder("=" if endian is None else "<" if endian.value == "little" else ">")
     b = codecs[1]
     shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}[b.shuffle.value]
     blosc = Blosc(cname=b.cname.value, clevel=b.clevel, shuffle=shuffle, blocksize=b.blocksize, typesize=b.typesize)
-    return lambda chunk: blosc.encode(np.ascontiguousarray(chunk, dtype=dtype).reshape(-1).view(np.uint8))
+
+    def encode(chunk: np.ndarray) -> bytes:
+        body = blosc.encode(np.ascontiguousarray(chunk, dtype=dtype).reshape(-1).view(np.uint8))
+        return bytes(body) + np.uint32(google_crc32c.value(bytes(body))).astype("<u4").tobytes()
+
+    return encode
 
 
 def _folders_of(key: str) -> set[str]:
@@ -587,12 +409,16 @@ def _folders_of(key: str) -> set[str]:
     return {"/".join(parts[: i + 1]) for i in range(len(parts))}
 
 
+def _json_bytes(doc: dict) -> bytes:
+    return json.dumps(doc, indent=2).encode()
+
+
 @dataclass
 class _ArrayLayout:
-    """One time-series array of a :class:`MultiStoreWriter`'s layout."""
+    """One time-series array of a writer's layout."""
 
     key: str  # path of the array in the store, e.g. observables/latent/value
-    doc: dict  # its zarr.json, whose shape is updated when the array grows
+    doc: dict  # its zarr.json, whose shape follows the committed frames
     chunk_key: Any  # chunk index -> key of the chunk file relative to the store
     encode: Any  # whole chunk -> bytes
     shared: bool  # step and time: the same frames in every store
@@ -603,60 +429,82 @@ class MultiStoreWriter(_FrameBuffer):
 
     :meth:`create` makes the stores, :meth:`append` buffers frames of all of
     them (data with a store axis after the frame axis; step numbers and times
-    common to all), and :meth:`commit` writes them.  The stores are the same as
-    :class:`StoreWriter` makes, with the same guarantees, but their I/O is
-    batched: the layout is built once with zarr and copied, each chunk file and
-    metadata document is written directly (encoded as zarr encodes it, written
-    to a temporary name and renamed into place), the common ``step``/``time``
-    chunks are encoded once, and the stores are spread over ``threads`` threads.
+    common to all), and :meth:`commit` writes them.  Each chunk file and
+    metadata document is written directly, encoded as zarr encodes it (bytes,
+    Blosc, CRC32C), to a temporary name and renamed into place
+    (:func:`lss_engine._helpers.atomic_write_bytes`); the common
+    ``step``/``time`` chunks are encoded once, and the stores are spread over
+    ``threads`` threads.
 
     * creation: each store is assembled in a hidden directory and renamed into
       place, so a half-created store never appears;
-    * commit: in each store, array metadata (when an array grows), then data
-      chunks, then ``frames_committed``, so a reader (or a killed run) sees
-      whole committed frames only; chunks are always written whole.
+    * commit, in each store: the data chunks, then every array's metadata with
+      its new length, then ``frames_committed``.  Every array a reader can
+      open is exactly as long as the frames whose data are on disk, and
+      ``frames_committed`` never counts a frame whose data are not written;
+      chunks are always written whole, so no chunk is ever read back.
+    * ``durable=True`` flushes every file to disk before it is renamed into
+      place (``fsync``), so the order above also holds across a power loss;
+      without it the stores are safe against a killed process, and a power
+      loss can only lose or garble chunks, which readers detect (checksums,
+      missing-chunk checks).
     """
 
-    def __init__(self, paths: Sequence[Path], template: Path, threads: int):
-        """Use :meth:`create`; ``template`` is an empty store of the layout."""
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        layout: Path,
+        threads: int,
+        *,
+        n_frames: int = 0,
+        durable: bool = False,
+        template_files: dict[str, bytes] | None = None,
+    ):
+        """Use :meth:`create` (or :class:`StoreWriter`); ``layout`` is a store of the layout holding ``n_frames``."""
         self.paths = [Path(p) for p in paths]
         self.threads = max(1, min(int(threads), len(self.paths)))
-        self.frames_committed = 0
+        self.durable = bool(durable)
+        self.frames_committed = int(n_frames)
         self._pending = 0
         self._pool = None
         self._pool_size = 0
         self._failed = ""
-        self._files: dict[str, bytes] = {}
-        dirs: set[str] = set()
-        for folder, _, names in os.walk(template):
-            rel = os.path.relpath(folder, template)
-            if rel != ".":
-                dirs.add(rel)
-            for name in names:
-                with open(os.path.join(folder, name), "rb") as fh:
-                    self._files[os.path.normpath(os.path.join(rel, name))] = fh.read()
-        self._root_doc = json.loads(self._files["zarr.json"])
-        reader = TrajectoryStore(template)
+        self._files = template_files or {}
+        reader = TrajectoryStore(layout)
+        if reader.schema_version != SCHEMA_VERSION:
+            raise StoreError(
+                f"{layout} has store schema version {reader.schema_version}: it opens read-only "
+                f"with this lss_engine (which writes version {SCHEMA_VERSION}); write a new store"
+            )
+        self._root_doc = json.loads((Path(layout) / "zarr.json").read_bytes())
         self._arrays: list[_ArrayLayout] = []
         self._appenders: dict[str, _ChunkedAppender] = {}
+        self._dirs: set[str] = set()
         n = len(self.paths)
         for key in reader._timeseries_keys():
-            array = reader._root[key]
+            array = reader._array(key)
             tail = (0,) * (array.ndim - 1)
             shared = key.rsplit("/", 1)[1] in ("step", "time")
-            self._arrays.append(_ArrayLayout(
+            layout_ = _ArrayLayout(
                 key=key,
-                doc=json.loads(self._files[f"{key}/zarr.json"]),
+                doc=json.loads((Path(layout) / key / "zarr.json").read_bytes()),
                 chunk_key=lambda i, key=key, meta=array.metadata, tail=tail: f"{key}/{meta.encode_chunk_key((i,) + tail)}",
                 encode=_chunk_encoder(array),
                 shared=shared,
-            ))
-            frame = tuple(array.shape[1:]) if shared else (n,) + tuple(array.shape[1:])
-            self._appenders[key] = _ChunkedAppender(array.chunks[0], frame, array.dtype)
-            # folders of the chunks of the initial length: made with the store, not at the commits
-            for i in range(-(-array.shape[0] // array.chunks[0])):
-                dirs |= _folders_of(self._arrays[-1].chunk_key(i))
-        self._dirs = dirs
+            )
+            self._arrays.append(layout_)
+            frame = tuple(array.shape[1:]) if shared or not self._store_axis else (n,) + tuple(array.shape[1:])
+            head = None
+            if n_frames:
+                def head(a: int, b: int, key=key) -> np.ndarray:
+                    data = reader._read(key, slice(a, b))
+                    return data if shared or not self._store_axis else data[:, None]
+            self._appenders[key] = _ChunkedAppender(array.chunks[0], frame, array.dtype, n_frames, head)
+            for i in range(-(-n_frames // array.chunks[0])):  # folders that already hold chunks
+                self._dirs |= _folders_of(layout_.chunk_key(i))
+
+    #: whether appended data carry a store axis (``False`` for :class:`StoreWriter`)
+    _store_axis = True
 
     # -- construction ------------------------------------------------------
     @classmethod
@@ -666,14 +514,15 @@ class MultiStoreWriter(_FrameBuffer):
         *,
         overwrite: bool = False,
         threads: int = 4,
+        durable: bool = False,
         **layout: Any,
     ) -> "MultiStoreWriter":
         """Create empty stores at ``paths``, all of one layout; each appears atomically.
 
         ``layout`` takes the layout arguments of :meth:`StoreWriter.create`
         (``timestep_ps``, ``report_interval``, ``temperature_K``,
-        ``observables``, ``chunk_frames``, ``reserve_frames``, ...); its
-        provenance is taken once, for all stores.
+        ``observables``, ``chunk_frames``, ...); its provenance is taken once,
+        for all stores.
 
         Raises
         ------
@@ -691,8 +540,14 @@ class MultiStoreWriter(_FrameBuffer):
         template = paths[0].parent / f".{paths[0].name}.{uuid.uuid4().hex[:8]}.template"
         paths[0].parent.mkdir(parents=True, exist_ok=True)
         try:
-            StoreWriter.create(template, **layout)
-            writer = cls(paths, template, threads)
+            _build_layout(template, **layout)
+            files: dict[str, bytes] = {}
+            for folder, _, names in os.walk(template):
+                rel = os.path.relpath(folder, template)
+                for name in names:
+                    with open(os.path.join(folder, name), "rb") as fh:
+                        files[os.path.normpath(os.path.join(rel, name))] = fh.read()
+            writer = cls(paths, template, threads, durable=durable, template_files=files)
         finally:
             shutil.rmtree(template, ignore_errors=True)
         try:
@@ -704,21 +559,23 @@ class MultiStoreWriter(_FrameBuffer):
 
     def _create_store(self, i: int) -> None:
         def fill(tmp: Path) -> None:
-            os.mkdir(tmp)
-            for folder in sorted(self._dirs):  # parents sort before their children
-                os.mkdir(os.path.join(tmp, folder))
-            for rel, data in self._files.items():
-                _write_file(os.path.join(tmp, rel), data)
+            for rel, data in sorted(self._files.items()):
+                os.makedirs(os.path.join(tmp, os.path.dirname(rel)), exist_ok=True)
+                atomic_write_bytes(os.path.join(tmp, rel), data, fsync=self.durable)
 
         _create_atomically(self.paths[i], fill)
 
     # -- writing -----------------------------------------------------------
+    def _write_documents(self, i: int, docs: list[tuple[str, bytes]]) -> None:
+        for name, blob in docs:
+            atomic_write_bytes(os.path.join(self.paths[i], name), blob, fsync=self.durable)
+
     def commit(self, threads: int | None = None) -> int:
         """Write the buffered chunks of every store, then publish its ``frames_committed``; returns it.
 
         The stores are written by ``threads`` threads (default: the writer's);
-        each store's metadata and data are on disk before its
-        ``frames_committed`` changes.
+        in each store the data, then the arrays' new lengths, then
+        ``frames_committed`` reach the disk in that order.
         """
         if self._failed:
             raise StoreError(f"this writer cannot go on: {self._failed}")
@@ -727,36 +584,34 @@ class MultiStoreWriter(_FrameBuffer):
         n_frames = self.frames_committed + self._pending
         shared: list[tuple[str, bytes]] = []  # (file, encoded chunk) written to every store
         own: list[tuple[str, Any, np.ndarray]] = []  # (file, encoder, (chunk, n_stores, ...) data)
-        grown: list[tuple[str, bytes]] = []
+        docs: list[tuple[str, bytes]] = []
         folders: set[str] = set()
         for layout in self._arrays:
             writes = self._appenders[layout.key].take_writes()
-            if not writes:
-                continue
-            chunk = len(writes[0][1])
-            if n_frames > layout.doc["shape"][0]:  # grow in whole chunks
-                layout.doc["shape"][0] = -(-n_frames // chunk) * chunk
-                grown.append((f"{layout.key}/zarr.json", json.dumps(layout.doc, indent=2).encode()))
             for start, data in writes:
-                name = layout.chunk_key(start // chunk)
+                name = layout.chunk_key(start // len(data))
                 folders |= _folders_of(name)
                 if layout.shared:
                     shared.append((name, layout.encode(data)))
                 else:
                     own.append((name, layout.encode, data))
+            layout.doc["shape"][0] = n_frames
+            docs.append((f"{layout.key}/zarr.json", _json_bytes(layout.doc)))
         new_folders = sorted(folders - self._dirs)  # parents first
         self._root_doc["attributes"]["frames_committed"] = n_frames
-        root = json.dumps(self._root_doc, indent=2).encode()
+        root = [("zarr.json", _json_bytes(self._root_doc))]
+        store_axis = self._store_axis
 
         def write(i: int) -> None:
             base = os.fspath(self.paths[i])
             for folder in new_folders:
                 os.makedirs(os.path.join(base, folder), exist_ok=True)
-            for name, blob in grown + shared:
-                _put_atomic(os.path.join(base, name), blob)
+            for name, blob in shared:
+                atomic_write_bytes(os.path.join(base, name), blob, fsync=self.durable)
             for name, encode, data in own:
-                _put_atomic(os.path.join(base, name), encode(data[:, i]))
-            _put_atomic(os.path.join(base, "zarr.json"), root)
+                atomic_write_bytes(os.path.join(base, name), encode(data[:, i] if store_axis else data), fsync=self.durable)
+            self._write_documents(i, docs)
+            self._write_documents(i, root)
 
         try:
             self._run(write, threads)
@@ -807,6 +662,147 @@ class MultiStoreWriter(_FrameBuffer):
         self.close()
 
 
+class StoreWriter(MultiStoreWriter):
+    """Writes frames into one trajectory store; create with :meth:`create` or :meth:`open_append`.
+
+    Frames are appended with :meth:`append` (no store axis) and become
+    visible to readers at :meth:`commit`, with the guarantees of
+    :class:`MultiStoreWriter`; ``durable`` (default on: MD is expensive to
+    redo) flushes every file to disk before it is renamed into place.
+    """
+
+    _store_axis = False
+
+    def __init__(self, path: str | os.PathLike, *, durable: bool = True):
+        self.path = Path(path)
+        reader = TrajectoryStore(self.path)
+        super().__init__([self.path], self.path, 1, n_frames=reader.n_frames, durable=durable)
+        self._reader = reader
+
+    # -- construction ------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        durable: bool = True,
+        **layout: Any,
+    ) -> "StoreWriter":
+        """Create an empty store; the layout appears at ``path`` atomically.
+
+        Parameters
+        ----------
+        topology
+            OpenMM topology of the whole system.
+        positions_for_pdb
+            (n_atoms_system, 3) positions in nm for the topology's PDB record
+            (defaults to zeros).
+        atom_indices
+            Atoms whose positions are saved (``None``: all; empty: none).
+        featurizer
+            A :class:`lss_engine.features.Featurizer` (or ``None``); each of its
+            blocks becomes one observable.
+        timestep_ps, report_interval, temperature_K
+            Integrator step size, steps between frames, temperature.
+        periodic
+            Whether box vectors are saved with each frame.
+        observables
+            Further observables not produced by a featurizer (e.g. the latent
+            coordinates of a synthetic trajectory); with no topology, a store
+            holds observables only.
+        chunk_bytes, chunk_frames
+            Uncompressed bytes per chunk (about), or frames per chunk of every
+            array when ``chunk_frames`` is given.
+        """
+        path = Path(path)
+        _check_new_store_path(path, overwrite)
+        _create_atomically(path, lambda tmp: _build_layout(tmp, **layout))
+        return cls(path, durable=durable)
+
+    @classmethod
+    def open_append(
+        cls,
+        path: str | os.PathLike,
+        *,
+        atom_indices: Sequence[int] | None,
+        n_atoms_system: int,
+        featurizer,
+        timestep_ps: float,
+        report_interval: int,
+    ) -> "StoreWriter":
+        """Open an existing store to continue it; refuses anything that does not match.
+
+        Raises
+        ------
+        StoreError
+            If the saved atoms, feature spec, time step or report interval differ.
+        """
+        reader = TrajectoryStore(path)
+        indices = np.arange(n_atoms_system) if atom_indices is None else np.asarray(atom_indices)
+        if reader.n_atoms_system != n_atoms_system or len(reader.atom_indices) != len(indices):
+            raise StoreError(
+                f"cannot append to {path}: it saves {len(reader.atom_indices)} of {reader.n_atoms_system} atoms, "
+                f"this run saves {len(indices)} of {n_atoms_system}"
+            )
+        if not np.array_equal(reader.atom_indices, indices):
+            raise StoreError(f"cannot append to {path}: the saved atom selection differs")
+        spec = None if featurizer is None else featurizer.spec()
+        if _canonical(spec) != _canonical(reader.feature_spec):
+            raise StoreError(f"cannot append to {path}: the feature spec differs from the store's")
+        if not np.isclose(reader.timestep_ps, timestep_ps, rtol=1e-9, atol=0):
+            raise StoreError(
+                f"cannot append to {path}: time step {timestep_ps:g} ps differs from the store's {reader.timestep_ps:g} ps"
+            )
+        if reader.report_interval != int(report_interval):
+            raise StoreError(
+                f"cannot append to {path}: report interval {report_interval} differs from the store's {reader.report_interval}"
+            )
+        return cls(path)
+
+    # -- writing -----------------------------------------------------------
+    @property
+    def last_step(self) -> int | None:
+        """Step of the last committed frame (``None`` for an empty store)."""
+        if self.frames_committed == 0:
+            return None
+        self._reader.refresh()
+        return int(self._reader.steps(self.frames_committed - 1, self.frames_committed)[0])
+
+    def truncate_after_step(self, step: int) -> int:
+        """Drop committed frames with a step greater than ``step``; returns how many were dropped.
+
+        Used when a simulation restarts from a checkpoint taken at ``step``.
+        ``frames_committed`` goes down first, then the arrays' lengths, so a
+        reader never counts a dropped frame.
+        """
+        if self._pending:
+            raise StoreError("cannot truncate a store with uncommitted frames")
+        if self.frames_committed == 0:
+            return 0
+        self._reader.refresh()
+        steps = self._reader.steps()
+        keep = int(np.searchsorted(steps, step, side="right"))
+        dropped = self.frames_committed - keep
+        if dropped:
+            self._root_doc["attributes"]["frames_committed"] = keep
+            self._write_documents(0, [("zarr.json", _json_bytes(self._root_doc))])
+            docs = []
+            for layout in self._arrays:
+                layout.doc["shape"][0] = keep
+                docs.append((f"{layout.key}/zarr.json", _json_bytes(layout.doc)))
+            self._write_documents(0, docs)
+            self._reader.refresh()
+            self.frames_committed = keep
+            for layout in self._arrays:
+                app = self._appenders[layout.key]
+                self._appenders[layout.key] = _ChunkedAppender(
+                    app.chunk, app.buffer.shape[1:], app.buffer.dtype, keep,
+                    lambda a, b, key=layout.key: self._reader._read(key, slice(a, b)),
+                )
+        return dropped
+
+
 def _refuse_non_store(path: Path) -> None:
     """Raise unless ``path`` is an lss_engine store (the only directories a writer may replace)."""
     try:
@@ -840,11 +836,37 @@ def _subset_pdb(topology: "openmm.app.Topology", indices: np.ndarray, positions:
 # --------------------------------------------------------------------------
 # reader
 # --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Damage:
+    """A damaged range of one array of a store: frames ``start:stop`` cannot be read."""
+
+    store: str
+    array: str
+    start: int
+    stop: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.store}: {self.array}: frames {self.start}-{self.stop - 1}: {self.reason}"
+
+
+def _reason(exc: BaseException) -> str:
+    """A short reason for a chunk that failed to decode."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    if "checksum" in text.lower():
+        return "checksum mismatch (garbled chunk)"
+    if "blosc" in text.lower() or "decompress" in text.lower():
+        return "chunk cannot be decompressed (garbled chunk)"
+    return f"chunk unreadable ({exc.__class__.__name__}: {text[:80]})"
+
+
 class TrajectoryStore:
-    """Read-only, lazy view of one trajectory store.
+    """Read-only, lazy view of one trajectory store (or of a range of its frames).
 
     Only the first ``n_frames`` (the published ``frames_committed``) frames are
     visible; :meth:`refresh` re-reads it for a store that is still growing.
+    Every read checks that the chunks it needs exist and decode (checksums):
+    damage raises a one-line :class:`StoreError`, never reads as numbers.
 
     Raises
     ------
@@ -854,9 +876,14 @@ class TrajectoryStore:
     """
 
     def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._offset = 0
+        self._segment: tuple[int, int] | None = None
+        self._open()
+
+    def _open(self) -> None:
         import zarr
 
-        self.path = Path(path)
         if not (self.path / "zarr.json").is_file():
             reason = "no such directory" if not self.path.exists() else "no zarr.json at its top"
             raise StoreError(f"{self.path} is not an lss_engine trajectory store ({reason})")
@@ -868,38 +895,59 @@ class TrajectoryStore:
         meta = attrs.get("lss_engine")
         if not isinstance(meta, dict) or meta.get("kind") != STORE_KIND:
             raise StoreError(f"{self.path} is a zarr group but not an lss_engine trajectory store")
-        self.schema_version = int(meta.get("schema_version", -1))
+        try:
+            self.schema_version = int(meta.get("schema_version", -1))
+        except (TypeError, ValueError):
+            raise StoreError(f"{self.path} has an invalid schema version {meta.get('schema_version')!r}") from None
         if self.schema_version > SCHEMA_VERSION:
             raise StoreError(
                 f"{self.path} has store schema version {self.schema_version}, newer than this lss_engine "
                 f"reads ({SCHEMA_VERSION}); upgrade lss_engine"
             )
-        if self.schema_version < 1:
+        if self.schema_version not in READABLE_SCHEMA_VERSIONS:
             raise StoreError(f"{self.path} has an invalid schema version {meta.get('schema_version')!r}")
         try:
             self._params = dict(self._root["parameters"].attrs)
-        except KeyError:
-            raise StoreError(f"{self.path} has no parameters group; the store is incomplete") from None
-        self.n_frames = int(attrs.get("frames_committed", 0))
-        self._observables = [name for name, _ in sorted(self._root["observables"].groups())]
+            self._observables = [name for name, _ in sorted(self._root["observables"].groups())]
+        except Exception:
+            raise StoreError(f"{self.path} has no readable parameters or observables group; the store is damaged") from None
+        self.n_frames = self._committed(attrs)
+        self._arrays: dict[str, Any] = {}
         spec = self._params.get("feature_spec")
-        if spec is not None:  # keep the featurizer's block order
+        if isinstance(spec, dict):  # keep the featurizer's block order
             order = [b.get("name") for b in spec.get("features", [spec])]
             self._observables.sort(key=lambda n: order.index(n) if n in order else len(order))
 
+    def _committed(self, attrs: dict) -> int:
+        value = attrs.get("frames_committed", 0)
+        if not isinstance(value, int) or value < 0:
+            raise StoreError(f"{self.path} has an invalid frames_committed {value!r}; the store is damaged")
+        return value
+
     def refresh(self) -> int:
         """Re-read ``frames_committed`` (for a store that another process is writing)."""
-        import zarr
-
-        self._root = zarr.open_group(str(self.path), mode="r")
-        self.n_frames = int(self._root.attrs.get("frames_committed", 0))
+        if self._segment is not None:
+            raise StoreError(f"{self!r} is a fixed range of frames; it cannot refresh")
+        self._open()
         return self.n_frames
+
+    def segment(self, start: int, stop: int) -> "TrajectoryStore":
+        """A view of frames ``start:stop`` as a trajectory of its own (e.g. between damaged ranges)."""
+        import copy
+
+        start, stop, _ = slice(start, stop).indices(self.n_frames)
+        view = copy.copy(self)
+        view._offset = self._offset + start
+        view._segment = (view._offset, self._offset + max(start, stop))
+        view.n_frames = max(0, stop - start)
+        return view
 
     def __len__(self) -> int:
         return self.n_frames
 
     def __repr__(self) -> str:
-        return f"TrajectoryStore({str(self.path)!r}, frames={self.n_frames}, features={self.n_features})"
+        where = "" if self._segment is None else f", segment={self._segment[0]}:{self._segment[1]}"
+        return f"TrajectoryStore({str(self.path)!r}, frames={self.n_frames}{where}, features={self.n_features})"
 
     # -- metadata ----------------------------------------------------------
     @property
@@ -1002,7 +1050,55 @@ class TrajectoryStore:
 
     def _slice(self, start: int, stop: int | None, stride: int) -> slice:
         start, stop, stride = slice(start, stop, stride).indices(self.n_frames)
-        return slice(start, stop, stride)
+        return slice(start + self._offset, stop + self._offset, stride)
+
+    def _array(self, key: str):
+        """The zarr array ``key`` (opened once per :meth:`refresh`)."""
+        array = self._arrays.get(key)
+        if array is None:
+            try:
+                array = self._root[key]
+            except Exception as exc:
+                raise StoreError(f"{self.path}: {key}: array metadata unreadable ({exc.__class__.__name__}); "
+                                 "the store is damaged") from None
+            self._arrays[key] = array
+        return array
+
+    def _chunk_path(self, key: str, array, index: int) -> Path:
+        return self.path / key / array.metadata.encode_chunk_key((index,) + (0,) * (array.ndim - 1))
+
+    def _chunk_damage(self, key: str, array, index: int, read: bool) -> Damage | None:
+        """Why chunk ``index`` of ``array`` cannot be read (``None`` when it can)."""
+        chunk = array.chunks[0]
+        a, b = index * chunk, min((index + 1) * chunk, self._offset + self.n_frames)
+        if not self._chunk_path(key, array, index).is_file():
+            return Damage(str(self.path), key, a, b, "chunk file missing")
+        if read:
+            try:
+                array[a:b]
+            except Exception as exc:
+                return Damage(str(self.path), key, a, b, _reason(exc))
+        return None
+
+    def _read(self, key: str, sl: slice) -> np.ndarray:
+        """``array[sl]`` after checking that its chunks exist; damage raises a one-line StoreError."""
+        array = self._array(key)
+        first, stop = sl.start, sl.stop
+        if stop > first:
+            chunk = array.chunks[0]
+            for index in range(first // chunk, (stop - 1) // chunk + 1):
+                damage = self._chunk_damage(key, array, index, read=False)
+                if damage is not None:
+                    raise StoreError(f"{damage}; run `lss verify {self.path}`")
+        try:
+            return np.asarray(array[sl])
+        except Exception:
+            chunk = array.chunks[0]
+            for index in range(first // chunk, (max(stop, first + 1) - 1) // chunk + 1):
+                damage = self._chunk_damage(key, array, index, read=True)
+                if damage is not None:
+                    raise StoreError(f"{damage}; run `lss verify {self.path}`") from None
+            raise StoreError(f"{self.path}: {key}: frames {first}-{stop - 1} cannot be read") from None
 
     def _element(self) -> str:
         return self._timeseries_keys()[0].rsplit("/", 1)[0] if self._timeseries_keys() else ""
@@ -1011,19 +1107,19 @@ class TrajectoryStore:
         """(n,) int64 step numbers."""
         if not self._element():
             return np.zeros(0, dtype=np.int64)
-        return np.asarray(self._root[f"{self._element()}/step"][self._slice(start, stop, stride)])
+        return self._read(f"{self._element()}/step", self._slice(start, stop, stride))
 
     def times(self, start: int = 0, stop: int | None = None, stride: int = 1) -> np.ndarray:
         """(n,) float64 times in ps."""
         if not self._element():
             return np.zeros(0)
-        return np.asarray(self._root[f"{self._element()}/time"][self._slice(start, stop, stride)])
+        return self._read(f"{self._element()}/time", self._slice(start, stop, stride))
 
     def observable(self, name: str, start: int = 0, stop: int | None = None, stride: int = 1) -> np.ndarray:
         """(n, n_columns) values of one observable."""
         if name not in self._observables:
             raise StoreError(f"{self.path} has no observable {name!r} (it has {', '.join(self._observables) or 'none'})")
-        return np.asarray(self._root[f"observables/{name}/value"][self._slice(start, stop, stride)])
+        return self._read(f"observables/{name}/value", self._slice(start, stop, stride))
 
     def features(self, start: int = 0, stop: int | None = None, stride: int = 1) -> np.ndarray:
         """(n, n_features) float32: every observable, concatenated in spec order."""
@@ -1035,15 +1131,74 @@ class TrajectoryStore:
         """(n, n_saved_atoms, 3) float32 positions in nm."""
         if not len(self.atom_indices):
             raise StoreError(f"{self.path} saves no positions")
-        key = f"particles/{self.particles_group}/position/value"
-        return np.asarray(self._root[key][self._slice(start, stop, stride)])
+        return self._read(f"particles/{self.particles_group}/position/value", self._slice(start, stop, stride))
 
     def box_vectors(self, start: int = 0, stop: int | None = None, stride: int = 1) -> np.ndarray | None:
         """(n, 3, 3) box vectors in nm, or ``None`` for a non-periodic store."""
         if not self.periodic or not len(self.atom_indices):
             return None
-        key = f"particles/{self.particles_group}/box/edges/value"
-        return np.asarray(self._root[key][self._slice(start, stop, stride)])
+        return self._read(f"particles/{self.particles_group}/box/edges/value", self._slice(start, stop, stride))
+
+    # -- integrity ---------------------------------------------------------
+    def verify(self, progress: bool = False, read: bool = True) -> list[Damage]:
+        """Read every committed chunk of every array; return what is damaged (empty: intact).
+
+        Checks, per array: each chunk file exists and decodes (its CRC32C
+        checksum matches for schema 2); the array is at least as long as the
+        committed frames; step numbers increase.  Frame ranges are those of
+        the whole store.  ``read=False`` checks only that the chunk files
+        exist (no data read: fast, but a garbled chunk passes).
+        """
+        from tqdm.auto import tqdm
+
+        damages: list[Damage] = []
+        lo, hi = self._offset, self._offset + self.n_frames
+        keys = self._timeseries_keys()
+        for key in tqdm(keys, desc=f"verify {self.path.name}", unit="array", disable=not progress, leave=False):
+            try:
+                array = self._array(key)
+            except StoreError as exc:
+                damages.append(Damage(str(self.path), key, lo, hi, str(exc).rsplit(": ", 1)[-1]))
+                continue
+            if array.shape[0] < hi:
+                damages.append(Damage(str(self.path), key, array.shape[0], hi,
+                                      f"array holds {array.shape[0]} frames, {hi} are committed"))
+                hi_key = array.shape[0]
+            else:
+                hi_key = hi
+            chunk = array.chunks[0]
+            for index in range(lo // chunk, -(-hi_key // chunk)):
+                damage = self._chunk_damage(key, array, index, read=read)
+                if damage is not None:
+                    damages.append(Damage(damage.store, key, max(damage.start, lo), min(damage.stop, hi), damage.reason))
+                elif read and key.endswith("/step"):
+                    a, b = max(index * chunk, lo), min((index + 1) * chunk, hi_key)
+                    steps = np.asarray(array[max(a - 1, lo):b])
+                    bad = np.flatnonzero(np.diff(steps) <= 0)
+                    if bad.size:
+                        first = max(a - 1, lo) + int(bad[0]) + 1
+                        damages.append(Damage(str(self.path), key, first, first + 1, "step numbers do not increase"))
+        return damages
+
+    def damaged_ranges(self, damages: Sequence[Damage] | None = None) -> list[tuple[int, int]]:
+        """Merged ``(start, stop)`` frame ranges (of the whole store) that some array cannot give."""
+        spans = sorted((d.start, d.stop) for d in (self.verify() if damages is None else damages))
+        merged: list[tuple[int, int]] = []
+        for a, b in spans:
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        return merged
+
+    def intact_segments(self, damages: Sequence[Damage] | None = None) -> list["TrajectoryStore"]:
+        """The store cut at its damaged ranges: views of the intact stretches, in order."""
+        pieces, cursor = [], self._offset
+        for a, b in self.damaged_ranges(damages) + [(self._offset + self.n_frames,) * 2]:
+            if a > cursor:
+                pieces.append(self.segment(cursor - self._offset, a - self._offset))
+            cursor = max(cursor, b)
+        return pieces
 
     def iter_chunks(self, chunk_frames: int = 10000) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, features[start:start+chunk_frames])`` over the whole trajectory."""
@@ -1061,8 +1216,9 @@ class TrajectoryStore:
         return traj
 
     def info(self) -> dict[str, Any]:
-        """Summary used by ``lss info``."""
-        times = self.times(0, None, 1) if self.n_frames else np.zeros(0)
+        """Summary used by ``lss info``; ``missing_chunks`` lists chunk files that are not there."""
+        missing = [str(d) for d in self.verify(read=False)]
+        times = self.times(0, None, 1) if self.n_frames and not missing else np.zeros(0)
         return {
             "path": str(self.path),
             "schema_version": self.schema_version,
@@ -1080,6 +1236,7 @@ class TrajectoryStore:
             "particles_group": self.particles_group if len(self.atom_indices) else None,
             "periodic": self.periodic,
             "created": self.provenance.get("created"),
+            "missing_chunks": missing,
         }
 
 
@@ -1088,8 +1245,23 @@ def open_store(path: str | os.PathLike) -> TrajectoryStore:
     return TrajectoryStore(path)
 
 
-def open_stores(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[TrajectoryStore]:
+def open_stores(
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    *,
+    skip_damaged: bool = False,
+    on_damage: Callable[[str], None] | None = None,
+) -> list[TrajectoryStore]:
     """Open one or many stores (paths, glob patterns, or directories of ``*.zarr`` stores).
+
+    Parameters
+    ----------
+    skip_damaged
+        Verify every store (:meth:`TrajectoryStore.verify`, which reads all
+        its chunks) and return its intact stretches as separate trajectories:
+        a damaged range becomes a trajectory break, so no time-lagged pair or
+        sequence spans it.  Without it, damage raises when it is read.
+    on_damage
+        Called with one line per damaged range skipped (default: a warning).
 
     Raises
     ------
@@ -1113,7 +1285,18 @@ def open_stores(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[
             stores.append(TrajectoryStore(text))
     if not stores:
         raise StoreError("no store given")
-    return stores
+    if not skip_damaged:
+        return stores
+    report = on_damage or (lambda line: warnings.warn(line, stacklevel=3))
+    kept: list[TrajectoryStore] = []
+    for store in stores:
+        damages = store.verify()
+        for a, b in store.damaged_ranges(damages):
+            report(f"skipping frames {a}-{b - 1} of {store.path} (damaged)")
+        kept.extend(s for s in store.intact_segments(damages) if s.n_frames)
+    if not kept:
+        raise StoreError("every frame of the given stores is damaged")
+    return kept
 
 
 def warn_gap(path: Path, last_step: int, next_step: int, report_interval: int) -> None:

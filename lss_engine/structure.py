@@ -32,6 +32,7 @@ from .errors import LssError, NonFiniteError
 __all__ = [
     "topology_bonds",
     "proper_torsions",
+    "bonded_pairs",
     "bond_lengths",
     "bond_length_mae",
     "radius_of_gyration",
@@ -41,6 +42,7 @@ __all__ = [
     "ramachandran_histogram",
     "ramachandran_js",
     "compare_structures",
+    "coordinate_w1",
 ]
 
 
@@ -115,6 +117,31 @@ def proper_torsions(bonds: Any) -> np.ndarray:
     quads = sorted((i, j, k, l) for j, k in edges
                    for i in neighbours[j] - {k} for l in neighbours[k] - {j} if i != l)
     return np.array(quads, dtype=np.int64).reshape(-1, 4)
+
+
+def bonded_pairs(bonds: Any, max_bonds: int = 3) -> np.ndarray:
+    """``(n, 2)`` atom pairs ``i < j`` joined by a path of at most ``max_bonds`` bonds (sorted).
+
+    ``max_bonds=3``: the 1-2 (bonded), 1-3 (angle) and 1-4 (torsion)
+    neighbours of a bond graph such as :func:`topology_bonds`; a pair is
+    counted by its shortest path.
+    """
+    if isinstance(max_bonds, bool) or not isinstance(max_bonds, (int, np.integer)) or max_bonds < 1:
+        raise LssError(f"max_bonds must be a positive integer, got {max_bonds!r}")
+    edges = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
+    neighbours: dict[int, set[int]] = {}
+    for i, j in edges.tolist():
+        if i != j:
+            neighbours.setdefault(i, set()).add(j)
+            neighbours.setdefault(j, set()).add(i)
+    pairs = set()
+    for start in neighbours:
+        seen, frontier = {start}, {start}
+        for _ in range(int(max_bonds)):
+            frontier = {n for a in frontier for n in neighbours[a]} - seen
+            seen |= frontier
+        pairs.update((start, other) for other in seen if other > start)
+    return np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
 
 
 def bond_lengths(xyz: Any, bonds: Any) -> np.ndarray:
@@ -228,8 +255,22 @@ def ramachandran_js(phi: Any, psi: Any, reference_phi: Any, reference_psi: Any, 
     return float(jensenshannon(p.ravel(), q.ravel(), base=base))
 
 
+def coordinate_w1(xyz: Any, reference_xyz: Any) -> float:
+    """Mean over the ``3 n_atoms`` Cartesian coordinates of the 1-D Wasserstein distance (nm) between the ensembles.
+
+    For frames whose absolute positions matter (not aligned, e.g. a particle
+    in an external potential); ``scipy.stats.wasserstein_distance`` per coordinate.
+    """
+    from scipy.stats import wasserstein_distance
+
+    x, ref = _xyz(xyz), _xyz(reference_xyz, "reference positions")
+    _same_atoms(x, ref)
+    a, b = x.reshape(len(x), -1), ref.reshape(len(ref), -1)
+    return float(np.mean([wasserstein_distance(a[:, k], b[:, k]) for k in range(a.shape[1])]))
+
+
 def compare_structures(xyz: Any, reference_xyz: Any, topology: Any = None, *, bonds: Any = None,
-                       bins: int = 50) -> dict[str, float]:
+                       bins: int = 50, absolute: bool = False) -> dict[str, float]:
     """Structure metrics of an ensemble ``xyz`` against ``reference_xyz`` (e.g. decoded vs MD).
 
     Returns a dict of floats: ``bond_mae_nm`` (when bonds are given or the
@@ -237,6 +278,9 @@ def compare_structures(xyz: Any, reference_xyz: Any, topology: Any = None, *, bo
     ``reference_rg_std_nm``, ``rg_mean_rel_err``, ``rg_std_rel_err``,
     ``pair_distance_w1_nm`` and, when the topology has φ/ψ torsions,
     ``ramachandran_js``.  ``topology`` describes the atoms of the frames.
+    What a single atom does not define (Rg, pair distances) is left out.
+    ``absolute``: also ``coordinate_w1_nm`` (:func:`coordinate_w1`), for
+    frames whose absolute positions matter.
     """
     x, ref = _xyz(xyz), _xyz(reference_xyz, "reference positions")
     _same_atoms(x, ref)
@@ -248,13 +292,17 @@ def compare_structures(xyz: Any, reference_xyz: Any, topology: Any = None, *, bo
             bonds = None
     if bonds is not None:
         out["bond_mae_nm"] = bond_length_mae(x, ref, bonds)
-    rg, rg_ref = radius_of_gyration(x), radius_of_gyration(ref)
-    out.update(rg_mean_nm=float(rg.mean()), rg_std_nm=float(rg.std()),
-               reference_rg_mean_nm=float(rg_ref.mean()), reference_rg_std_nm=float(rg_ref.std()))
-    out["rg_mean_rel_err"] = abs(out["rg_mean_nm"] / out["reference_rg_mean_nm"] - 1.0)
-    out["rg_std_rel_err"] = (abs(out["rg_std_nm"] / out["reference_rg_std_nm"] - 1.0)
-                             if out["reference_rg_std_nm"] > 0 else float("nan"))
-    out["pair_distance_w1_nm"] = pair_distance_w1(x, ref)
+    if x.shape[1] >= 2:  # one atom has no size and no pair distance
+        rg, rg_ref = radius_of_gyration(x), radius_of_gyration(ref)
+        out.update(rg_mean_nm=float(rg.mean()), rg_std_nm=float(rg.std()),
+                   reference_rg_mean_nm=float(rg_ref.mean()), reference_rg_std_nm=float(rg_ref.std()))
+        out["rg_mean_rel_err"] = (abs(out["rg_mean_nm"] / out["reference_rg_mean_nm"] - 1.0)
+                                  if out["reference_rg_mean_nm"] > 0 else float("nan"))
+        out["rg_std_rel_err"] = (abs(out["rg_std_nm"] / out["reference_rg_std_nm"] - 1.0)
+                                 if out["reference_rg_std_nm"] > 0 else float("nan"))
+        out["pair_distance_w1_nm"] = pair_distance_w1(x, ref)
+    if absolute:
+        out["coordinate_w1_nm"] = coordinate_w1(x, ref)
     if topology is not None:
         try:
             phi, psi = backbone_torsions(x, topology)

@@ -45,7 +45,6 @@ from __future__ import annotations
 import importlib.resources
 import inspect
 import json
-import math
 import pathlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
@@ -54,6 +53,7 @@ import numpy as np
 import openmm
 from openmm import app, unit
 
+from ._helpers import positive_float
 from .errors import LssError
 from .units import parse_time_ps
 
@@ -271,21 +271,11 @@ def alanine_dipeptide_pdb_path() -> pathlib.Path:
 def _kelvin(value: Any) -> float:
     if hasattr(value, "value_in_unit"):
         value = value.value_in_unit(unit.kelvin)
-    return _positive("temperature (K)", value)
-
-
-def _positive(name: str, value: Any) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as exc:
-        raise LssError(f"{name} must be a number, got {value!r}") from exc
-    if not (math.isfinite(v) and v > 0):
-        raise LssError(f"{name} must be positive, got {value!r}")
-    return v
+    return positive_float(value, "temperature (K)")
 
 
 def _timestep_ps(value: Any) -> float:
-    return _positive("timestep", parse_time_ps(value))
+    return positive_float(parse_time_ps(value), "timestep")
 
 
 def _integrator_name(value: str) -> str:
@@ -318,7 +308,7 @@ def _alanine(name: str, implicit: bool, temperature: float, timestep: float,
              friction: float) -> TestSystem:
     t_k = _kelvin(temperature)
     dt_ps = _timestep_ps(timestep)
-    gamma = _positive("friction", friction)
+    gamma = positive_float(friction, "friction")
     pdb = app.PDBFile(str(alanine_dipeptide_pdb_path()))
     system = app.ForceField("amber99sbildn.xml").createSystem(
         pdb.topology, nonbondedMethod=app.NoCutoff, constraints=app.HBonds)
@@ -425,14 +415,14 @@ def _toy(name: str, *, description: str, coords: Sequence[tuple[int, int]], n_pa
     t_k = _kelvin(temperature)
     dt = _timestep_ps(timestep)
     integ = _integrator_name(integrator)
-    beta = _positive("beta", beta)
-    k_conf = _positive("confinement", confinement)
+    beta = positive_float(beta, "beta")
+    k_conf = positive_float(confinement, "confinement")
     kt = KB_KJ_PER_MOL_K * t_k
     mass = 1.0
     if friction is None:
         gamma = kt / mass if integ == "brownian" else 1.0   # Brownian: γ = kT/(m D), D = 1
     else:
-        gamma = _positive("friction", friction)
+        gamma = positive_float(friction, "friction")
 
     def var(p: int, a: int) -> str:
         return _AXES[a] if n_particles == 1 else f"{_AXES[a]}{p + 1}"
@@ -625,7 +615,7 @@ def _three_state(name: str, centres: Any, default_beta: float, temperature: floa
                  friction: float | None, confinement: float, layout: str) -> TestSystem:
     c = _centres(centres, 3, "centres")
     beta_ = default_beta if beta is None else beta
-    w_, s_ = float(w), _positive("sigma", sigma)
+    w_, s_ = float(w), positive_float(sigma, "sigma")
     params = {"temperature": _kelvin(temperature), "centres": c.tolist(), "beta": beta_,
               "w": w_, "sigma": s_, "timestep": _timestep_ps(timestep),
               "integrator": integrator, "friction": friction, "confinement": confinement}
@@ -732,7 +722,7 @@ def four_state(temperature: float = TOY_TEMPERATURE_K, beta: float = 9.5, w: flo
     two pairs.  Langevin, ``timestep`` 0.01; starts at the minimum near
     (2, -1).  Parameters as in :func:`three_state_linear`.
     """
-    w_, s_ = float(w), _positive("sigma", sigma)
+    w_, s_ = float(w), positive_float(sigma, "sigma")
     params = {"temperature": _kelvin(temperature), "beta": beta, "w": w_, "sigma": s_,
               "timestep": _timestep_ps(timestep), "integrator": integrator,
               "friction": friction, "confinement": confinement}

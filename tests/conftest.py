@@ -32,5 +32,24 @@ def ala2_store(ala2_system, tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def ala2_model(ala2_store, tmp_path_factory):
+    """A small simulator (SRV, MDN, cWGAN) trained on the 200-frame alanine dipeptide store (a few seconds).
+
+    Read-only for the tests that use it: copy it before changing anything.
+    """
+    from lss_engine.pipeline import (DecoderSettings, EncoderSettings, PropagatorSettings, train_decoder,
+                                     train_encoder, train_propagator)
+
+    out = tmp_path_factory.mktemp("lss") / "model"
+    train_encoder([ala2_store], EncoderSettings(kind="srv", lag=2, dim=2, hidden=(16,), epochs=3, restarts=1,
+                                                batch_size=64, progress=False), out, analyze=False)
+    train_propagator(out, [ala2_store], PropagatorSettings(kind="mdn", n_components=3, hidden=(16,), epochs=3,
+                                                           batch_size=64, progress=False))
+    train_decoder(out, [ala2_store], DecoderSettings(hidden=(32,), noise_dim=8, n_critic=2, epochs=2,
+                                                     batch_size=32, progress=False))
+    return out
+
+
 def finite(a) -> bool:
     return bool(np.isfinite(np.asarray(a)).all())

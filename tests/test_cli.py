@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +28,7 @@ def test_simulate_then_info(tmp_path, capsys):
     capsys.readouterr()
     assert main(["info", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "frames         100" in text and "backbone_torsions (2)" in text and "schema         1" in text
+    assert "frames         100" in text and "backbone_torsions (2)" in text and "schema         2" in text
 
 
 def test_resume_continues_to_the_requested_length(tmp_path, capsys):
@@ -119,3 +118,45 @@ def test_ctrl_c_then_resume(tmp_path):
     assert result.returncode == 0, result.stderr
     store = TrajectoryStore(out)
     np.testing.assert_array_equal(store.steps(), np.arange(1, total_ps + 1) * 500)
+
+
+def test_simulate_walkers_run_in_parallel_processes_with_their_own_seeds(tmp_path, capsys):
+    out = tmp_path / "md.zarr"
+    argv = ["simulate", "--system", "alanine-dipeptide", "--temperature", "450", "--ns", "0.004",
+            "--report-interval", "0.2ps", "--features", "backbone-torsions", "--save-atoms", "heavy",
+            "--equilibrate", "0ps", "--seed", "7", "--walkers", "2", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    stores = [TrajectoryStore(tmp_path / f"md_{k}.zarr") for k in range(2)]
+    assert not out.exists()
+    assert [s.n_frames for s in stores] == [20, 20]
+    assert [s.provenance["seed"] for s in stores] == [7, 8]
+    assert not np.allclose(stores[0].features(), stores[1].features())  # independent walkers
+    assert all((tmp_path / f"md_{k}.zarr.state.xml").is_file() for k in range(2))
+    assert "2 walkers" in capsys.readouterr().out
+    assert main(argv) == 1  # existing walker stores are not clobbered ...
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(argv[:6] + ["0.006"] + argv[7:] + ["--resume"]) == 0  # ... but resumed, each from its checkpoint
+    assert [TrajectoryStore(tmp_path / f"md_{k}.zarr").n_frames for k in range(2)] == [30, 30]
+
+
+def test_demo_closing_lines_compare_with_the_shipped_long_md_reference(tmp_path):
+    import importlib.resources
+    import json
+
+    from lss_engine.cli import DEMO_REFERENCE, _demo_comparison
+
+    reference = json.loads(importlib.resources.files("lss_engine").joinpath("resources", DEMO_REFERENCE).read_text())
+    assert reference["slowest_timescale_ps"] == 770 and reference["mfpt_ns"]["C7eq->C7ax"] == 12.8
+    assert "OpenMM 8.6.1" in reference["provenance"] and "seeds 101 and 202" in reference["provenance"]
+    model = tmp_path / "model"
+    (model / "validation").mkdir(parents=True)
+    (model / "metrics.json").write_text(json.dumps({"model_implied_timescales_ps": [289.4, 40.0]}))
+    part = {"time_ns": 20.0, "msm_grid": [24, 24], "msm_lag_ps": 10.0, "slowest_timescale_ps": 512.0,
+            "fraction_phi_positive": 0.041,
+            "mfpt_ps": {"C7eq->C7ax": {"mean": 9100.0, "n": 1, "n_censored": 1},
+                        "C7ax->C7eq": {"mean": None, "n": 0, "n_censored": 0}}}
+    (model / "validation" / "metrics.json").write_text(json.dumps({"torsion_kinetics": {"md": part, "lss": part}}))
+    text = _demo_comparison(model)
+    assert "770 ps" in text and "12.8 ns (n=36)" in text and "5.9 %" in text
+    assert "289 ps" in text and "512 ps" in text and "9.10 ns (n=1)" in text and "none seen" in text
+    assert "no comparison" in _demo_comparison(tmp_path / "nothing")

@@ -213,6 +213,60 @@ def test_critic_features_enter_the_penalty_and_the_average_tracks_the_generator(
         CWGANDecoder(1, 4, ema_decay=1.0)
 
 
+def test_critic_pairs_are_chosen_from_the_training_structure_and_kept_in_the_config():
+    """Pairs within a cutoff of the mean structure plus the bonded ones; the list travels in the config, and a
+    config without it (older bundles) means all pairs, as before."""
+    from lss_engine.features import geometry
+    from lss_engine.models.cwgan import select_critic_pairs, torsion_sin_cos
+
+    chain = np.array([[0.15 * k, 0.02 * (k % 2), 0.0] for k in range(6)])  # a straight-ish chain, 0.15 nm apart
+    pairs = select_critic_pairs(chain, 0.32, bonded=[[0, 3], [3, 0]])
+    near = [(i, j) for i in range(6) for j in range(i + 1, 6) if np.linalg.norm(chain[i] - chain[j]) < 0.32]
+    assert pairs.tolist() == [list(p) for p in sorted(set(near) | {(0, 3)})]
+    assert select_critic_pairs(chain, 10.0).tolist() == np.stack(np.triu_indices(6, 1), 1).tolist()
+    with pytest.raises(LssError, match="cutoff"):
+        select_critic_pairs(chain, 0.0)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x = chain + rng.normal(0, 0.01, (40, 6, 3))
+    psi = rng.normal(size=(40, 1))
+    model = CWGANDecoder(1, 6, noise_dim=3, hidden=(16,), critic_distances=True, critic_pairs=pairs.tolist(),
+                         critic_torsions=[[0, 1, 2, 3]], dtype="float64").fit_normalization((psi, x))
+    dist = np.linalg.norm(x[:, pairs[:, 0]] - x[:, pairs[:, 1]], axis=-1)
+    torch.testing.assert_close(model.distance_shift, torch.as_tensor(dist.mean(0)))
+    y = model._coords_in(torch.as_tensor(x))
+    u = model._latent_in(torch.as_tensor(psi))
+    seen = model.critic_input(y, u)
+    assert seen.shape == (40, 18 + len(pairs) + 2 + 1)
+    # the features are geometry's kernels
+    xt = torch.as_tensor(x)
+    torch.testing.assert_close(seen[:, 18 : 18 + len(pairs)] * model.distance_scale + model.distance_shift,
+                               geometry.distances(xt, torch.as_tensor(pairs[:, 0]), torch.as_tensor(pairs[:, 1])))
+    spread = torch.randn(10, 4, 3, dtype=torch.float64)  # far from collinear: the gradient floor is negligible
+    angle = geometry.dihedrals(spread, torch.tensor([[0, 1, 2, 3]]))
+    torch.testing.assert_close(torsion_sin_cos(spread, torch.tensor([[0, 1, 2, 3]])),
+                               torch.cat([angle.sin(), angle.cos()], 1))
+    # the pair list is in the (JSON) config: a reload needs no data
+    config = json.loads(json.dumps(model.config()))
+    assert config["critic_pairs"] == pairs.tolist()
+    clone = CWGANDecoder.from_config(config)
+    clone.load_state_dict(model.state_dict())
+    torch.testing.assert_close(clone.critic_input(y, u), seen, rtol=0, atol=0)
+    # older configs say critic_distances only: all pairs
+    legacy = {k: v for k, v in config.items() if k != "critic_pairs"}
+    old = CWGANDecoder.from_config(legacy)
+    assert old.critic_pairs is None and old.pair_index.shape == (2, 15)
+    assert torch.equal(old.pair_index, torch.triu_indices(6, 6, 1))
+    with pytest.raises(LssError, match="critic_distances"):
+        CWGANDecoder(1, 6, critic_pairs=[[0, 1]])
+    with pytest.raises(LssError, match="critic pair"):
+        CWGANDecoder(1, 6, critic_distances=True, critic_pairs=[[0, 6]])
+    with pytest.raises(LssError, match="critic pair"):
+        CWGANDecoder(1, 6, critic_distances=True, critic_pairs=[[2, 2]])
+    with pytest.raises(LssError, match="empty"):
+        CWGANDecoder(1, 6, critic_distances=True, critic_pairs=[])
+
+
 # --------------------------------------------------------------------------
 # decoding, config and state
 

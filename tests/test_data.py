@@ -157,7 +157,7 @@ def test_split_by_blocks_shares_no_frames_and_covers_in_block_pairs():
     assert not torch.equal(data.split(0.3, block_length=block, seed=2)[1].pair_indices, val.pair_indices)
 
 
-def test_default_block_length_gives_ten_blocks():
+def test_default_block_length_gives_ten_blocks_or_a_hundred_interleaved():
     data = TimeLaggedDataset(id_trajectories([1000]), 5)
     train, val = data.split(0.2)
     # 10 blocks of 100 frames; 2 go to validation; 95 pairs lie inside each block
@@ -167,6 +167,38 @@ def test_default_block_length_gives_ten_blocks():
     # blocks are never shorter than 10 x lag: 1000 frames, lag 20 -> 5 blocks of 200
     train, val = TimeLaggedDataset(id_trajectories([1000]), 20).split(0.2)
     assert len(val) == 180 and len(train) == 4 * 180
+    # interleaved: 100 blocks of 100 frames; every 5th goes to validation
+    train, val = TimeLaggedDataset(id_trajectories([10_000]), 5).split(0.2, by="interleaved")
+    assert (len(train), len(val)) == (80 * 95, 20 * 95)
+    starts = val.pair_indices.numpy()
+    assert len(set(starts // 100)) == 20 and (starts % 100 < 95).all()
+
+
+def test_interleaved_validation_spans_every_trajectory_and_no_pair_crosses_a_block_edge():
+    """A rare state visited once (here: frames 2300-2700 of trajectory 0) lands in training and validation."""
+    lengths, lag, block = [5000, 3000], 10, 100
+    data = TimeLaggedDataset(id_trajectories(lengths), lag)
+    train, val = data.split(0.2, by="interleaved", block_length=block, seed=4)
+    tr, va = pairs_of(train), pairs_of(val)
+    assert not set(tr.ravel()) & set(va.ravel())
+    for pairs in (tr, va):  # both frames of every pair in one block of one trajectory
+        assert (traj_of(pairs[:, 0], lengths) == traj_of(pairs[:, 1], lengths)).all()
+        assert (pairs[:, 0] // block == pairs[:, 1] // block).all()
+    val_blocks = np.unique(va[:, 0] // block)
+    # every 5th block: evenly spaced over the whole of both trajectories
+    assert len(val_blocks) == 16 and set(np.diff(val_blocks)) == {5}
+    for k, (a, b) in enumerate([(0, 5000), (5000, 8000)]):
+        mine = va[(va[:, 0] >= a) & (va[:, 0] < b), 0]
+        assert mine.min() - a < 5 * block and b - mine.max() < 5 * block + lag
+        assert len(mine) == pytest.approx(0.2 * (lengths[k] // block) * (block - lag), abs=block)
+    rare = (va[:, 0] >= 2300) & (va[:, 0] < 2700)
+    assert rare.sum() >= block - lag and ((tr[:, 0] >= 2300) & (tr[:, 0] < 2700)).sum() >= 2 * (block - lag)
+    # the seed moves the phase; random blocks on request
+    other = pairs_of(data.split(0.2, by="interleaved", block_length=block, seed=1)[1])
+    assert set(np.diff(np.unique(other[:, 0] // block))) == {5} and not np.array_equal(other, va)
+    random_val = pairs_of(data.split(0.2, block_length=block, seed=4)[1])
+    assert len(np.unique(random_val[:, 0] // block)) == 16
+    assert set(np.diff(np.unique(random_val[:, 0] // block))) != {5}
 
 
 def test_split_by_trajectories():

@@ -205,6 +205,7 @@ def test_sigkill_loses_at_most_flush_interval(tmp_path):
     assert features.shape == (store.n_frames, store.n_features)
     assert np.isfinite(features).all() and np.isfinite(store.positions()).all()
     np.testing.assert_array_equal(store.steps(), np.arange(1, store.n_frames + 1) * 10)
+    assert store.verify() == []  # every committed chunk is there and its checksum holds
     # a killed store can be continued
     sim = __import__("lss_engine.systems", fromlist=["get_system"]).get_system(
         "alanine-dipeptide", temperature=450).make_simulation(platform="Reference", seed=6)

@@ -8,23 +8,13 @@ import numpy as np
 import pytest
 
 from lss_engine.errors import LssError
-from lss_engine.pipeline import (DecoderSettings, EncoderSettings, PropagatorSettings, train_decoder, train_encoder,
-                                 train_propagator)
 from lss_engine.simulator import LatentSpaceSimulator
 from lss_engine.store import open_store, open_stores
 
 
 @pytest.fixture(scope="module")
-def model_dir(ala2_store, tmp_path_factory):
-    """A small simulator trained on the 200-frame alanine dipeptide store (a few seconds)."""
-    out = tmp_path_factory.mktemp("lss") / "model"
-    train_encoder([ala2_store], EncoderSettings(kind="srv", lag=2, dim=2, hidden=(16,), epochs=3, restarts=1,
-                                                batch_size=64, progress=False), out, analyze=False)
-    train_propagator(out, [ala2_store], PropagatorSettings(kind="mdn", n_components=3, hidden=(16,), epochs=3,
-                                                           batch_size=64, progress=False))
-    train_decoder(out, [ala2_store], DecoderSettings(hidden=(32,), noise_dim=8, n_critic=2, epochs=2,
-                                                     batch_size=32, progress=False))
-    return out
+def model_dir(ala2_model):
+    return ala2_model
 
 
 def test_load_and_the_three_maps(model_dir, ala2_store):
@@ -127,6 +117,10 @@ def test_command_line_train_all_stages_then_generate(ala2_store, tmp_path, capsy
     assert (model / "validation" / "fes_md_vs_lss.png").exists()
     assert "ramachandran_md_vs_lss.png" in metrics["figures"]
     assert (model / "validation" / "ramachandran_md_vs_lss.png").exists()
+    kinetics = metrics["torsion_kinetics"]  # MD vs the synthetic walkers decoded in time order
+    assert kinetics["md"]["frames"] == metrics["md_frames"] and kinetics["lss"]["dt_ps"] == metrics["lag_ps"]
+    assert set(kinetics["lss"]["mfpt_ps"]) == {"C7eq->C7ax", "C7ax->C7eq"}
+    assert 0 <= kinetics["lss"]["fraction_phi_positive"] <= 1
     assert main(["generate", str(model), "--steps", "12", "--walkers", "2", "--out", str(tmp_path / "g.xtc"),
                  "--seed", "1", "--start", f"{ala2_store}:5", "--no-progress"]) == 0
     assert "frames/s" in capsys.readouterr().out
@@ -134,3 +128,21 @@ def test_command_line_train_all_stages_then_generate(ala2_store, tmp_path, capsy
     assert traj.n_frames == 12
     assert main(["generate", str(model), "--steps", "5", "--out", str(tmp_path / "g.mol2"), "--no-progress"]) == 1
     assert "unknown output format" in capsys.readouterr().err
+
+
+def test_torsion_kinetics_counts_cored_passages_and_fits_a_grid_msm():
+    from lss_engine.pipeline import torsion_kinetics
+
+    rng = np.random.default_rng(0)
+    # C7eq (phi -2) for 300 frames, C7ax (phi 1) for 50, between-cores frames (phi 0.3) keep C7ax, then C7eq again
+    phi = np.concatenate([np.full(300, -2.0), np.full(50, 1.0), np.full(20, 0.3), np.full(400, -2.0),
+                          np.full(30, 1.2)]) + rng.normal(0, 0.05, 800)
+    psi = rng.uniform(-np.pi, np.pi, 800)
+    out = torsion_kinetics([phi], [psi], dt=2.0)
+    there, back = out["mfpt_ps"]["C7eq->C7ax"], out["mfpt_ps"]["C7ax->C7eq"]
+    # C7eq->C7ax from the trajectory start (300 frames) and from frame 370 (400 frames); C7ax->C7eq: 70 frames
+    assert there["n"] == 2 and there["mean"] == pytest.approx(2.0 * (300 + 400) / 2)
+    assert back["n"] == 1 and back["mean"] == pytest.approx(2.0 * 70) and back["n_censored"] == 1
+    assert out["fraction_phi_positive"] == pytest.approx(100 / 800)
+    assert out["msm_lag_ps"] == 10.0 and out["time_ns"] == pytest.approx(1.6)
+    assert out["slowest_timescale_ps"] > 100  # the phi switch dominates; psi is noise

@@ -197,7 +197,7 @@ def test_observable_only_store_and_directory_of_stores(tmp_path):
 def _multi(paths, **kw):
     from lss_engine.store import FeatureBlock, MultiStoreWriter
 
-    args = dict(timestep_ps=2.0, report_interval=1, temperature_K=None, chunk_frames=16, reserve_frames=40,
+    args = dict(timestep_ps=2.0, report_interval=1, temperature_K=None, chunk_frames=16,
                 observables=[FeatureBlock("latent", ["psi1", "psi2"], ["1", "1"])], threads=2)
     args.update(kw)
     return MultiStoreWriter.create(paths, **args)
@@ -208,7 +208,7 @@ def test_multi_store_writer_roundtrip_partial_chunks_and_growth(tmp_path):
     x = np.random.default_rng(1).normal(size=(70, 4, 2)).astype(np.float32)
     with _multi(paths) as writer:
         start = 0
-        for n in (1, 15, 16, 3, 35):  # partial chunks, whole chunks, beyond the reserved 40 frames
+        for n in (1, 15, 16, 3, 35):  # partial chunks, whole chunks
             steps = np.arange(start, start + n)
             writer.append(steps, steps * 2.0, features={"latent": x[start : start + n]})
             assert TrajectoryStore(paths[0]).n_frames == start  # uncommitted frames are invisible
@@ -222,7 +222,7 @@ def test_multi_store_writer_roundtrip_partial_chunks_and_growth(tmp_path):
         np.testing.assert_allclose(store.times(), np.arange(70) * 2.0)
         assert store.feature_names == ["psi1", "psi2"] and store.frame_interval_ps == 2.0
     root = zarr.open_group(str(paths[3]), mode="r")  # plain zarr reads it
-    assert root.attrs["frames_committed"] == 70 and root["observables/latent/value"].shape[0] >= 70
+    assert root.attrs["frames_committed"] == 70 and root["observables/latent/value"].shape[0] == 70
     np.testing.assert_array_equal(root["observables/latent/value"][:70], x[:, 3])
     assert sorted(p.name for p in (tmp_path / "synth").iterdir()) == [p.name for p in paths]  # no leftovers
     # a plain StoreWriter continues such a store
@@ -242,7 +242,7 @@ def test_multi_store_files_are_those_zarr_writes(tmp_path):
     writer.commit()
     single = StoreWriter.create(tmp_path / "single.zarr", timestep_ps=2.0, report_interval=1, temperature_K=None,
                                 observables=[FeatureBlock("latent", ["psi1", "psi2"], ["1", "1"])],
-                                chunk_frames=16, reserve_frames=40)
+                                chunk_frames=16)
     single.append(np.arange(50), np.arange(50) * 2.0, features={"latent": x[:, 1]})
     single.commit()
     a, b = paths[1], tmp_path / "single.zarr"
@@ -261,14 +261,14 @@ def test_multi_store_failed_commit_publishes_no_frames_without_data(tmp_path, mo
     writer = _multi(paths, threads=1)
     writer.append(np.arange(20), np.arange(20) * 2.0, features={"latent": x[:20]})
     writer.commit()
-    put = store_module._put_atomic
+    put = store_module.atomic_write_bytes
 
-    def failing(path, data):
+    def failing(path, data, **kw):
         if "w1.zarr" in path and "/value/c/" in path:
             raise OSError("disk full")
-        put(path, data)
+        put(path, data, **kw)
 
-    monkeypatch.setattr(store_module, "_put_atomic", failing)
+    monkeypatch.setattr(store_module, "atomic_write_bytes", failing)
     writer.append(np.arange(20, 40), np.arange(20, 40) * 2.0, features={"latent": x[20:]})
     with pytest.raises(OSError, match="disk full"):
         writer.commit()

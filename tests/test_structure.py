@@ -81,6 +81,28 @@ def test_proper_torsions_of_the_heavy_atoms(traj):
     np.testing.assert_allclose(sin_cos[:, len(quads) :], np.cos(angles), atol=1e-4)
 
 
+def test_bonded_pairs_are_the_shortest_paths_of_up_to_three_bonds(traj):
+    """1-2, 1-3 and 1-4 neighbours of alanine dipeptide's heavy atoms vs an all-pairs shortest-path reference;
+    and the decoder's default critic cutoff (0.8 nm) keeps every heavy-atom pair of these frames."""
+    from lss_engine.pipeline import DecoderSettings
+
+    bonds = S.topology_bonds(traj.topology)
+    n = traj.n_atoms
+    hops = np.full((n, n), np.inf)
+    np.fill_diagonal(hops, 0)
+    hops[bonds[:, 0], bonds[:, 1]] = hops[bonds[:, 1], bonds[:, 0]] = 1
+    for k in range(n):  # Floyd-Warshall
+        hops = np.minimum(hops, hops[:, k : k + 1] + hops[k : k + 1, :])
+    for max_bonds in (1, 2, 3):
+        expected = [[i, j] for i in range(n) for j in range(i + 1, n) if hops[i, j] <= max_bonds]
+        assert S.bonded_pairs(bonds, max_bonds).tolist() == expected
+    assert S.bonded_pairs(bonds, 1).tolist() == bonds.tolist()
+    assert S.bonded_pairs(np.zeros((0, 2), dtype=np.int64)).shape == (0, 2)
+    with pytest.raises(LssError, match="max_bonds"):
+        S.bonded_pairs(bonds, 0)
+    assert S.pair_distances(traj.xyz).max() < DecoderSettings().critic_cutoff
+
+
 def test_backbone_torsions_match_mdtraj(traj):
     phi, psi = S.backbone_torsions(traj.xyz, traj.topology)
     assert phi.shape == psi.shape == (traj.n_frames, 1)

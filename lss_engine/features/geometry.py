@@ -49,10 +49,29 @@ def displacements(positions: Tensor, i: Tensor, j: Tensor, box: Optional[Tensor]
     return d
 
 
-def distances(positions: Tensor, i: Tensor, j: Tensor, box: Optional[Tensor] = None) -> Tensor:
-    """Euclidean distances ``|x_j - x_i|`` (minimum image when ``box`` is given); shape (F, len(i))."""
+def distances(positions: Tensor, i: Tensor, j: Tensor, box: Optional[Tensor] = None, eps: float = 0.0) -> Tensor:
+    """Euclidean distances ``|x_j - x_i|`` (minimum image when ``box`` is given); shape (F, len(i)).
+
+    ``eps`` > 0 computes ``sqrt(|x_j - x_i|^2 + eps)``: the gradient stays
+    finite when two atoms coincide (a generator's output, differentiated twice
+    by a gradient penalty); ``eps = 0`` is the exact distance.
+    """
     d = displacements(positions, i, j, box)
-    return torch.sqrt((d * d).sum(-1))
+    return torch.sqrt((d * d).sum(-1) + eps)
+
+
+def _dihedral_parts(positions: Tensor, quartets: Tensor, box: Optional[Tensor] = None,
+                    eps: float = 0.0) -> tuple[Tensor, Tensor]:
+    """``(y, x)`` with ``phi = atan2(y, x)``: the one dihedral kernel behind :func:`dihedrals`
+    and :func:`dihedral_sin_cos` (formulas in :func:`dihedrals`; ``eps`` is added under ``|b2|``'s root)."""
+    b1 = displacements(positions, quartets[:, 0], quartets[:, 1], box)
+    b2 = displacements(positions, quartets[:, 1], quartets[:, 2], box)
+    b3 = displacements(positions, quartets[:, 2], quartets[:, 3], box)
+    n1 = torch.linalg.cross(b1, b2, dim=-1)
+    n2 = torch.linalg.cross(b2, b3, dim=-1)
+    y = (b1 * n2).sum(-1) * torch.sqrt((b2 * b2).sum(-1) + eps)
+    x = (n1 * n2).sum(-1)
+    return y, x
 
 
 def dihedrals(positions: Tensor, quartets: Tensor, box: Optional[Tensor] = None) -> Tensor:
@@ -71,14 +90,23 @@ def dihedrals(positions: Tensor, quartets: Tensor, box: Optional[Tensor] = None)
     quartets : Tensor, shape (n_torsions, 4), int64
     box : Tensor, shape (n_frames, 3, 3), optional
     """
-    b1 = displacements(positions, quartets[:, 0], quartets[:, 1], box)
-    b2 = displacements(positions, quartets[:, 1], quartets[:, 2], box)
-    b3 = displacements(positions, quartets[:, 2], quartets[:, 3], box)
-    n1 = torch.linalg.cross(b1, b2, dim=-1)
-    n2 = torch.linalg.cross(b2, b3, dim=-1)
-    y = (b1 * n2).sum(-1) * torch.sqrt((b2 * b2).sum(-1))
-    x = (n1 * n2).sum(-1)
+    y, x = _dihedral_parts(positions, quartets, box)
     return torch.atan2(y, x)
+
+
+def dihedral_sin_cos(positions: Tensor, quartets: Tensor, box: Optional[Tensor] = None,
+                     eps: float = 1e-12) -> Tensor:
+    """``(F, 2 n_torsions)``: ``sin(phi)`` of every torsion, then ``cos(phi)`` (``phi`` as :func:`dihedrals`).
+
+    Computed as ``(y, x) / sqrt(y^2 + x^2 + eps)`` from the same ``(y, x)``
+    as :func:`dihedrals`, without the angle: smooth in the positions, and with
+    ``eps`` > 0 the gradient stays finite for collinear atoms (the value is
+    then ``(0, 0)``), so it can be differentiated twice (a critic's gradient
+    penalty).
+    """
+    y, x = _dihedral_parts(positions, quartets, box, eps)
+    norm = torch.sqrt(y * y + x * x + eps)
+    return torch.cat([y / norm, x / norm], dim=1)
 
 
 def kabsch_rotation(mobile: Tensor, target: Tensor) -> Tensor:

@@ -13,6 +13,7 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
+from .._helpers import jsonable
 from ..errors import LssError
 from ..units import lag_to_frames
 
@@ -130,28 +131,15 @@ def block_se(values: np.ndarray, axis: int = 0) -> np.ndarray:
     return np.where(n >= 2, se, np.nan)
 
 
+def _real_part(value: Any) -> Any:
+    return jsonable(value.real) if isinstance(value, complex) else value
+
+
 def jsonify(value: Any) -> Any:
     """Convert numpy arrays/scalars (nested in dicts, lists) to JSON-safe Python.
 
-    Non-finite floats (NaN, ±Inf) become ``None`` so the output is strict JSON.
+    The package's strict-JSON rule (:func:`lss_engine._helpers.jsonable`):
+    non-finite floats (NaN, ±Inf) become ``None``; complex numbers keep their
+    real part.
     """
-    if isinstance(value, dict):
-        return {str(k): jsonify(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonify(v) for v in value]
-    if isinstance(value, np.ndarray):
-        if value.dtype.kind in "fc":
-            if value.dtype.kind == "c":
-                value = value.real
-            obj = value.astype(object)
-            obj[~np.isfinite(value)] = None
-            return jsonify(obj.tolist())
-        return value.tolist()
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        v = float(value)
-        return v if math.isfinite(v) else None
-    return value
+    return jsonable(value, default=_real_part)

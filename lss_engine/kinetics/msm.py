@@ -32,8 +32,9 @@ Both estimators are applied to the largest *strongly* connected set of the
 count graph (states that can reach each other in both directions); ties in
 size are broken by the larger number of counts.
 
-Implied timescales: :math:`t_i = -τ\,Δt / \ln|λ_i(τ)|` for the eigenvalues
-:math:`1 = λ_0 ≥ |λ_1| ≥ \dots` of :math:`T(τ)`.
+Implied timescales: :math:`t_i = -τ\,Δt / \ln λ_i(τ)` for the eigenvalues
+:math:`1 = λ_0 ≥ |λ_1| ≥ \dots` of :math:`T(τ)` (``inf`` for :math:`λ_i ≥ 1`,
+NaN for a real :math:`λ_i ≤ 0`; the rule of :func:`lss_engine._helpers.implied_timescales`).
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ import scipy.linalg
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
+from .._helpers import implied_timescales
 from ..errors import LssError
 from ._util import Trajectories, as_lag, as_trajectories, check_dt, jsonify
 
@@ -250,17 +252,13 @@ def eigenvalues(T: np.ndarray, k: int | None = None, *, pi: np.ndarray | None = 
 
 
 def timescales_from_eigenvalues(evals: np.ndarray, lag: int, dt: float = 1.0) -> np.ndarray:
-    r"""Implied timescales :math:`t_i = -τ Δt / \ln|λ_i|` (ps).
+    r"""Implied timescales :math:`t_i = -τ Δt / \ln λ_i` (ps), by the package's one rule.
 
-    :math:`|λ| = 1` gives ``inf``, :math:`λ = 0` gives 0, and :math:`|λ| > 1`
-    (possible for Koopman estimates from fuzzy features) gives ``NaN``.
+    See :func:`lss_engine._helpers.implied_timescales`: ``inf`` for
+    :math:`λ_i \ge 1`, NaN for a real :math:`λ_i \le 0`, :math:`|λ_i|` for
+    complex eigenvalues.
     """
-    a = np.abs(np.asarray(evals))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = -lag * dt / np.log(a)
-    t = np.where(a > 1 + 1e-12, np.nan, t)
-    t = np.where(np.abs(a - 1) <= 1e-12, np.inf, t)
-    return np.where(a == 0, 0.0, t)
+    return implied_timescales(evals, lag * dt)
 
 
 # ----------------------------------------------------------------------- MSM object
@@ -388,12 +386,6 @@ def estimate_msm(dtrajs: Trajectories, lag: Any, *, reversible: bool = True,
 
 
 # ------------------------------------------------------------- Koopman from features
-def _pinv_sym(M: np.ndarray, epsilon: float) -> np.ndarray:
-    w, V = np.linalg.eigh(0.5 * (M + M.T))
-    keep = w > epsilon * max(w.max(initial=0.0), 0.0)
-    return (V[:, keep] / w[keep]) @ V[:, keep].T
-
-
 def koopman_from_features(trajs: Trajectories, lag: int, *, reversible: bool = False,
                           renormalize: bool | None = None, epsilon: float = 1e-10) -> np.ndarray:
     r"""Koopman matrix :math:`K(τ) = C_{00}^{-1} C_{0τ}` from soft memberships or features.
@@ -408,7 +400,8 @@ def koopman_from_features(trajs: Trajectories, lag: int, *, reversible: bool = F
     Eq. 5).  ``reversible=True`` uses the symmetrised estimates
     :math:`\bar C_{00} = (C_{00} + C_{ττ})/2`, :math:`\bar C_{0τ} = (C_{0τ} +
     C_{0τ}^\top)/2`.  :math:`C_{00}^{-1}` is a pseudo-inverse that drops
-    eigenvalues below ``epsilon`` × the largest one.
+    eigenvalues below ``epsilon`` × the largest one
+    (:func:`lss_engine.models.vamp.koopman_from_moments`, the VAMPNet's solve too).
 
     For one-hot memberships :math:`K` equals the row-normalised count matrix.
     For memberships (non-negative rows summing to 1) the rows of :math:`K` sum
@@ -441,7 +434,9 @@ def koopman_from_features(trajs: Trajectories, lag: int, *, reversible: bool = F
         raise LssError(f"no pairs at lag {lag} frames (trajectories too short?)")
     if reversible:
         C00, C0t = 0.5 * (C00 + Ctt), 0.5 * (C0t + C0t.T)
-    K = _pinv_sym(C00 / n_pairs, epsilon) @ (C0t / n_pairs)
+    from ..models.vamp import koopman_from_moments  # the one Koopman solve (torch: imported on use)
+
+    K = koopman_from_moments(C00 / n_pairs, C0t / n_pairs, rcond=epsilon)
     if renormalize is None:
         renormalize = all(np.all(x >= -1e-8) and np.allclose(x.sum(axis=1), 1.0, atol=1e-6) for x in X)
     if renormalize:

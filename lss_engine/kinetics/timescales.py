@@ -5,9 +5,11 @@ For every lag :math:`τ` a transition matrix :math:`T(τ)` (discrete states,
 :math:`K(τ) = C_{00}^{-1}C_{0τ}` (soft memberships / features,
 :func:`~lss_engine.kinetics.msm.koopman_from_features`) is estimated and
 
-.. math:: t_i(τ) = -\frac{τ}{\ln|λ_i(τ)|},\qquad i = 1..k,
+.. math:: t_i(τ) = -\frac{τ}{\ln λ_i(τ)},\qquad i = 1..k,
 
-is reported (the eigenvalue of largest modulus, λ₀ = 1 for memberships — the
+is reported (``inf`` for :math:`λ_i ≥ 1`, NaN for a real :math:`λ_i ≤ 0`, the
+modulus for complex :math:`λ_i`: the package's one rule,
+:func:`lss_engine._helpers.implied_timescales`) (the eigenvalue of largest modulus, λ₀ = 1 for memberships — the
 stationary process — is dropped; continuous features should therefore contain
 the constant function, as VAMPnet/SRV outputs with a constant column do).  A
 Markovian model

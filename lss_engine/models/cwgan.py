@@ -47,13 +47,18 @@ Two additions to the paper's recipe
 Both are off by default here and on in :class:`lss_engine.pipeline.DecoderSettings`
 (measured on alanine dipeptide by ``benchmarks/decoder_ala2.py``):
 
-* **Critic features** (``critic_distances``, ``critic_torsions``): the critic
-  sees, besides the aligned coordinates, every interatomic distance
+* **Critic features** (``critic_distances``, ``critic_pairs``, ``critic_torsions``):
+  the critic sees, besides the aligned coordinates, interatomic distances
   (standardised) and :math:`(\sin\theta, \cos\theta)` of chosen dihedral angles.
   These are functions of the coordinates, so the game and its optimum are
   unchanged, and the gradient penalty still acts on the coordinates (through
   the features); but bond lengths, the molecule's size and backbone torsions
   become easy for the critic to see, hence for the generator to get right.
+  All :math:`n(n-1)/2` pairs make the critic's cost grow as the square of the
+  atom count (``benchmarks/critic_cost.py``); the pipeline therefore gives it
+  the pairs chosen by :func:`select_critic_pairs` - within a cutoff in the
+  training mean structure, plus the bonded neighbours - whose number grows
+  linearly.  Both kernels are :mod:`lss_engine.features.geometry`'s.
 * **Weight averaging** (``ema_decay``): decoding uses an exponential moving
   average of the generator's weights, updated after every generator step
   (Yazıcı et al. 2019).  A GAN's iterates orbit the equilibrium; their
@@ -91,31 +96,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._helpers import fresh_seed, positive_float as _positive, positive_int as _whole
 from ..errors import LssError, NonFiniteError
+from ..features import geometry
 from .mlp import EVAL_CHUNK, as_input, dtype_name, evaluating, make_mlp, model_from_config, parse_dtype
 
-__all__ = ["CWGANDecoder", "binned_distance_w1", "torsion_sin_cos"]
+__all__ = ["CWGANDecoder", "binned_distance_w1", "select_critic_pairs", "torsion_sin_cos"]
 
 #: validation decodes at most this many held-out frames (evenly spaced)
 _VAL_FRAMES = 20000
 #: seed of the noise the validation decodes with (the score is then a function of the weights)
 _VAL_SEED = 20200  # any fixed value
-
-
-def _whole(value: Any, what: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise LssError(f"{what} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _positive(value: Any, what: str, allow_zero: bool = False) -> float:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise LssError(f"{what} must be a number, got {value!r}") from None
-    if not math.isfinite(x) or x < 0 or (x == 0 and not allow_zero):
-        raise LssError(f"{what} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
-    return x
 
 
 def _torsions(torsions: Any, n_atoms: int) -> tuple[tuple[int, int, int, int], ...]:
@@ -130,27 +121,52 @@ def _torsions(torsions: Any, n_atoms: int) -> tuple[tuple[int, int, int, int], .
     return quads
 
 
+def _atom_pairs(pairs: Any, n_atoms: int) -> tuple[tuple[int, int], ...]:
+    """Validated atom pairs as sorted, distinct ``(i, j)`` with ``i < j`` (positions among the decoded atoms)."""
+    try:
+        raw = [tuple(int(a) for a in p) for p in pairs]
+    except (TypeError, ValueError):
+        raise LssError(f"critic_pairs must be a sequence of 2 atom indices each, got {pairs!r}") from None
+    for p in raw:
+        if len(p) != 2 or p[0] == p[1] or min(p) < 0 or max(p) >= n_atoms:
+            raise LssError(f"each critic pair must be 2 distinct atom indices in [0, {n_atoms}), got {list(p)}")
+    return tuple(sorted({(min(p), max(p)) for p in raw}))
+
+
+def select_critic_pairs(reference: Any, cutoff: float, bonded: Any = ()) -> np.ndarray:
+    """``(n, 2)`` atom pairs ``i < j`` for the critic: closer than ``cutoff`` (nm) in ``reference``, plus ``bonded``.
+
+    ``reference`` is an ``(n_atoms, 3)`` structure in nm (the mean of the
+    aligned training frames); ``bonded`` are pairs always kept whatever their
+    distance, e.g. the 1-2, 1-3 and 1-4 neighbours of the topology's bonds
+    (:func:`lss_engine.structure.bonded_pairs`).  At a fixed density of atoms
+    the count grows linearly with the atoms, where all pairs grow as their
+    square.  Sorted (``np.lexsort`` order), without repeats.
+    """
+    ref = torch.as_tensor(np.asarray(reference, dtype=np.float64))
+    if ref.ndim != 2 or ref.shape[1] != 3 or not bool(torch.isfinite(ref).all()):
+        raise LssError(f"the reference structure must be a finite (n_atoms, 3) array, got shape {tuple(ref.shape)}")
+    cutoff = _positive(cutoff, "cutoff")
+    n_atoms = ref.shape[0]
+    i, j = torch.triu_indices(n_atoms, n_atoms, 1)
+    near = geometry.distances(ref[None], i, j)[0] < cutoff
+    pairs = {(int(a), int(b)) for a, b in zip(i[near].tolist(), j[near].tolist())}
+    pairs.update(_atom_pairs(np.asarray(bonded, dtype=np.int64).reshape(-1, 2).tolist(), n_atoms))
+    return np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
+
+
 def torsion_sin_cos(x: torch.Tensor, quads: torch.Tensor) -> torch.Tensor:
     r"""``(N, 2 n)``: :math:`\sin\theta` and :math:`\cos\theta` of the dihedral angles ``quads`` ``(n, 4)``.
 
-    For atoms :math:`a, b, c, d` with :math:`b_1 = x_b - x_a`, :math:`b_2 = x_c - x_b`,
-    :math:`b_3 = x_d - x_c`, :math:`n_1 = b_1 \times b_2`, :math:`n_2 = b_2 \times b_3`:
-    :math:`\theta = \operatorname{atan2}(\lVert b_2\rVert\, b_1 \cdot n_2,\ n_1 \cdot n_2)`
-    (IUPAC sign, as ``mdtraj.compute_dihedrals``).  Differentiable; a tiny
-    floor keeps the gradient finite for collinear atoms.  ``x`` is ``(N, n_atoms, 3)``.
+    :func:`lss_engine.features.geometry.dihedral_sin_cos` (IUPAC sign, as
+    ``mdtraj.compute_dihedrals``; a tiny floor keeps the gradient finite for
+    collinear atoms).  ``x`` is ``(N, n_atoms, 3)``.
     """
-    a, b, c, d = (x[:, quads[:, k]] for k in range(4))
-    b1, b2, b3 = b - a, c - b, d - c
-    n1, n2 = torch.linalg.cross(b1, b2), torch.linalg.cross(b2, b3)
-    along = torch.sqrt((b2 * b2).sum(-1) + 1e-12)
-    sin_part = along * (b1 * n2).sum(-1)
-    cos_part = (n1 * n2).sum(-1)
-    norm = torch.sqrt(sin_part.square() + cos_part.square() + 1e-12)
-    return torch.cat([sin_part / norm, cos_part / norm], dim=1)
+    return geometry.dihedral_sin_cos(x, quads, eps=1e-12)
 
 
 def binned_distance_w1(
-    latent: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, n_bins: int = 4
+    latent: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, n_bins: int = 4, coordinates: bool = False
 ) -> torch.Tensor:
     r"""Mean 1-D Wasserstein distance of interatomic distances, within latent quantile bins.
 
@@ -164,6 +180,11 @@ def binned_distance_w1(
     the units of the coordinates.  ``n_bins=1`` compares the marginal
     distributions; more bins make the score sensitive to how the structure
     depends on :math:`\psi`.
+
+    ``coordinates``: compare the ``3 n_atoms`` Cartesian coordinates as well,
+    as further 1-D distributions (for frames not aligned, whose absolute
+    positions matter: ``alignment="none"``); always done for a single atom,
+    which has no pair distance.
 
     Parameters
     ----------
@@ -182,6 +203,9 @@ def binned_distance_w1(
     i, j = torch.triu_indices(n_atoms, n_atoms, 1, device=real.device)
     d_real = torch.linalg.vector_norm(real[:, i] - real[:, j], dim=-1)
     d_fake = torch.linalg.vector_norm(fake[:, i] - fake[:, j], dim=-1)
+    if coordinates or n_atoms < 2:
+        d_real = torch.cat([d_real, real.reshape(len(real), -1)], dim=1)
+        d_fake = torch.cat([d_fake, fake.reshape(len(fake), -1)], dim=1)
     parts = []
     for dim in range(latent.shape[1]):
         order = torch.argsort(latent[:, dim], stable=True)
@@ -232,15 +256,27 @@ class CWGANDecoder(nn.Module):
         Floor (nm) of the per-coordinate standard deviations of the
         normalisation (an atom that never moves after alignment).
     critic_distances
-        Also show the critic all interatomic distances (standardised by
-        their training mean and spread).  Internal geometry - bond lengths,
-        the molecule's size - is then a linear read-out for the critic
-        rather than something it must learn from aligned Cartesians.
+        Also show the critic interatomic distances (standardised by their
+        training mean and spread): all pairs, or those of ``critic_pairs``.
+        Internal geometry - bond lengths, the molecule's size - is then a
+        linear read-out for the critic rather than something it must learn
+        from aligned Cartesians.
+    critic_pairs
+        With ``critic_distances``: the ``(i, j)`` atom pairs whose distances
+        the critic sees, e.g. :func:`select_critic_pairs` of the training
+        data (kept in the config, so a saved model reloads without them being
+        recomputed); ``None`` (and configs written before the option
+        existed): all ``n_atoms (n_atoms - 1) / 2`` pairs.
     critic_torsions
         ``(i, j, k, l)`` atom quadruplets (positions among the decoded atoms)
         whose dihedral angles the critic also sees, as sine and cosine
         (:func:`torsion_sin_cos`); e.g. all proper torsions of the decoded
         atoms (:func:`lss_engine.structure.proper_torsions`).
+    alignment
+        How the training frames were superposed (:func:`lss_engine.decoder_data.choose_alignment`):
+        ``"kabsch"`` (onto a mean structure) or ``"none"`` (absolute
+        positions; the validation score then also compares the Cartesian
+        coordinates).  A config without it (older bundles) means ``"kabsch"``.
     ema_decay
         :math:`\beta` of an exponential moving average of the generator's
         weights, used for decoding and validation (Yazıcı et al. 2019: the
@@ -264,8 +300,10 @@ class CWGANDecoder(nn.Module):
         val_bins: int = 4,
         min_coord_std: float = 1e-4,
         critic_distances: bool = False,
+        critic_pairs: Sequence[Sequence[int]] | None = None,
         critic_torsions: Sequence[Sequence[int]] = (),
         ema_decay: float = 0.0,
+        alignment: str = "kabsch",
         dtype: "str | torch.dtype | None" = None,
     ):
         super().__init__()
@@ -284,13 +322,27 @@ class CWGANDecoder(nn.Module):
         self.val_bins = _whole(val_bins, "val_bins")
         self.min_coord_std = _positive(min_coord_std, "min_coord_std")
         self.critic_distances = bool(critic_distances)
+        if critic_pairs is not None and not self.critic_distances:
+            raise LssError("critic_pairs needs critic_distances=True")
+        self.critic_pairs = None if critic_pairs is None else _atom_pairs(critic_pairs, self.n_atoms)
+        if self.critic_pairs == ():
+            raise LssError("critic_pairs is empty; pass critic_distances=False for no distances")
         self.critic_torsions = _torsions(critic_torsions, self.n_atoms)
         self.ema_decay = _positive(ema_decay, "ema_decay", allow_zero=True)
+        self.alignment = str(alignment)
+        if self.alignment not in ("kabsch", "none"):
+            raise LssError(f"alignment must be 'kabsch' or 'none', got {alignment!r}")
         if self.ema_decay >= 1.0:
             raise LssError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
         torch_dtype = parse_dtype(dtype)
         n_coords = 3 * self.n_atoms
-        n_pairs = self.n_atoms * (self.n_atoms - 1) // 2 if self.critic_distances else 0
+        if not self.critic_distances:
+            pair_index = torch.zeros((2, 0), dtype=torch.int64)
+        elif self.critic_pairs is None:
+            pair_index = torch.triu_indices(self.n_atoms, self.n_atoms, 1)
+        else:
+            pair_index = torch.as_tensor(self.critic_pairs, dtype=torch.int64).T.contiguous()
+        n_pairs = pair_index.shape[1]
         n_critic_in = n_coords + n_pairs + 2 * len(self.critic_torsions) + self.n_latent
         self.generator = make_mlp(self.n_latent + self.noise_dim, self.hidden, n_coords, self.activation).to(
             torch_dtype
@@ -299,8 +351,7 @@ class CWGANDecoder(nn.Module):
         if self.ema_decay > 0:
             self.generator_average = copy.deepcopy(self.generator).requires_grad_(False)
         # index tensors follow from the config: on the model's device, not in its state
-        self.register_buffer("pair_index", torch.triu_indices(self.n_atoms, self.n_atoms, 1)[:, :n_pairs].clone(),
-                             persistent=False)
+        self.register_buffer("pair_index", pair_index, persistent=False)
         self.register_buffer("torsion_index", torch.as_tensor(self.critic_torsions, dtype=torch.int64).reshape(-1, 4),
                              persistent=False)
         self.register_buffer("distance_shift", torch.zeros(n_pairs, dtype=torch_dtype))
@@ -321,8 +372,10 @@ class CWGANDecoder(nn.Module):
             "hidden": list(self.hidden), "critic_hidden": list(self.critic_hidden),
             "activation": self.activation, "gp_weight": self.gp_weight, "n_critic": self.n_critic,
             "betas": list(self.betas), "val_bins": self.val_bins, "min_coord_std": self.min_coord_std,
-            "critic_distances": self.critic_distances, "critic_torsions": [list(t) for t in self.critic_torsions],
-            "ema_decay": self.ema_decay, "dtype": dtype_name(self.latent_shift.dtype),
+            "critic_distances": self.critic_distances,
+            "critic_pairs": None if self.critic_pairs is None else [list(p) for p in self.critic_pairs],
+            "critic_torsions": [list(t) for t in self.critic_torsions],
+            "ema_decay": self.ema_decay, "alignment": self.alignment, "dtype": dtype_name(self.latent_shift.dtype),
         }
 
     @classmethod
@@ -412,8 +465,7 @@ class CWGANDecoder(nn.Module):
 
     def _pair_distances(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, n_pairs)`` distances (nm) of the critic's atom pairs; ``x`` is ``(N, n_atoms, 3)`` nm."""
-        i, j = self.pair_index
-        return torch.sqrt((x[:, i] - x[:, j]).square().sum(-1) + 1e-12)
+        return geometry.distances(x, self.pair_index[0], self.pair_index[1], eps=1e-12)
 
     # -- the networks (standardised units) ---------------------------------------------
     def generate(self, u: torch.Tensor, noise: torch.Tensor, averaged: bool = False) -> torch.Tensor:
@@ -548,7 +600,7 @@ class CWGANDecoder(nn.Module):
         psi = self._check_latent(latent)
         real = self._check_coords(coords, len(psi))
         fake = torch.as_tensor(self.decode(psi, seed=seed), device=real.device, dtype=real.dtype)
-        return float(binned_distance_w1(psi, real, fake, self.val_bins))
+        return float(binned_distance_w1(psi, real, fake, self.val_bins, coordinates=self.alignment == "none"))
 
     def validation_score(self, data: Any) -> float:
         """``-structure_distance`` (nm) on held-out pairs (at most 20000, evenly spaced); higher is better."""
@@ -589,7 +641,7 @@ class CWGANDecoder(nn.Module):
         batch_size = _whole(batch_size, "batch_size")
         psi = self._check_latent(latent)
         if seed is None:
-            seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> 1)
+            seed = fresh_seed()
         gen = torch.Generator(device=psi.device).manual_seed(_whole(seed, "seed", minimum=0))
         if n_samples > 1:
             psi = psi.repeat_interleave(n_samples, dim=0)

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._helpers import positive_int
 from ..errors import LssError
 from .mlp import model_from_config, dtype_name, evaluating, parse_dtype
 
@@ -54,12 +55,6 @@ _VAL_CHUNK = 2048
 _RNG_BLOCK = 1024
 
 SeedLike = Union[int, np.random.SeedSequence, Sequence[Union[int, np.random.SeedSequence]], None]
-
-
-def _positive_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise LssError(f"{what} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 class LSTMLanguageModel(nn.Module):
@@ -92,10 +87,10 @@ class LSTMLanguageModel(nn.Module):
     def __init__(self, n_labels: int, embedding_dim: int = 8, hidden: int = 64, layers: int = 1,
                  dropout: float = 0.0, dtype: "str | torch.dtype | None" = None):
         super().__init__()
-        self.n_labels = _positive_int(n_labels, "n_labels")
-        self.embedding_dim = _positive_int(embedding_dim, "embedding_dim")
-        self.hidden = _positive_int(hidden, "hidden")
-        self.layers = _positive_int(layers, "layers")
+        self.n_labels = positive_int(n_labels, "n_labels")
+        self.embedding_dim = positive_int(embedding_dim, "embedding_dim")
+        self.hidden = positive_int(hidden, "hidden")
+        self.layers = positive_int(layers, "layers")
         dropout = float(dropout)
         if not 0.0 <= dropout < 1.0:
             raise LssError(f"dropout must be in [0, 1), got {dropout!r}")
@@ -175,7 +170,7 @@ class LSTMLanguageModel(nn.Module):
         """
         total, count = 0.0, 0
         with evaluating(self):
-            for windows in self._iter_windows(dataset, _positive_int(chunk_size, "chunk_size")):
+            for windows in self._iter_windows(dataset, positive_int(chunk_size, "chunk_size")):
                 windows = self._tokens(windows)
                 logits, _ = self(windows[:, :-1])
                 total += float(F.cross_entropy(logits.reshape(-1, self.n_labels), windows[:, 1:].reshape(-1),
@@ -246,8 +241,8 @@ class LSTMLanguageModel(nn.Module):
         -------
         ndarray of int64, shape (S, n_steps)
         """
-        n_steps = _positive_int(n_steps, "n_steps")
-        n_sequences = _positive_int(n_sequences, "n_sequences")
+        n_steps = positive_int(n_steps, "n_steps")
+        n_sequences = positive_int(n_sequences, "n_sequences")
         temperature = float(temperature)
         if not (math.isfinite(temperature) and temperature >= 0):
             raise LssError(f"temperature must be a finite number >= 0, got {temperature!r}")
@@ -257,7 +252,7 @@ class LSTMLanguageModel(nn.Module):
         device = home if device is None else torch.device(device)
         threads = torch.get_num_threads()
         if num_threads is not None:
-            torch.set_num_threads(_positive_int(num_threads, "num_threads"))
+            torch.set_num_threads(positive_int(num_threads, "num_threads"))
         try:
             self.to(device)
             with evaluating(self), torch.inference_mode():

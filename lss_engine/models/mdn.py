@@ -78,6 +78,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._helpers import fresh_seed, positive_int, resolve_device
 from ..errors import LssError, NonFiniteError
 from .mlp import model_from_config, EVAL_CHUNK, as_input, dtype_name, evaluating, iter_pairs, make_mlp, parse_dtype
 
@@ -118,28 +119,10 @@ def mixture_log_prob(
     return torch.logsumexp(log_weights + log_comp, dim=-1)
 
 
-def _check_int(value: Any, what: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise LssError(f"{what} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _resolve_device(device: "str | torch.device | None") -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise LssError(f"device {device!r} is not 'auto' or a torch device") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise LssError(f"device {str(device)!r} asked for, but CUDA is not available (use device='auto' or 'cpu')")
-    return device
-
-
 def _seed_value(seed: int | None) -> int:
     if seed is None:
-        return int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> 1)
-    return _check_int(seed, "seed", minimum=0)
+        return fresh_seed()
+    return positive_int(seed, "seed", minimum=0)
 
 
 # in-place activations for the sampling loop (same function as the module of that name)
@@ -272,8 +255,8 @@ class MDNPropagator(nn.Module):
         linear_weight: float = 0.5,
     ):
         super().__init__()
-        self.n_dim = _check_int(n_dim, "n_dim")
-        self.n_components = _check_int(n_components, "n_components")
+        self.n_dim = positive_int(n_dim, "n_dim")
+        self.n_components = positive_int(n_components, "n_components")
         self.hidden = tuple(int(h) for h in hidden)
         self.activation = str(activation)
         if not isinstance(bounded, (bool, np.bool_)):
@@ -288,7 +271,7 @@ class MDNPropagator(nn.Module):
         if bounded and transform != "standard":
             raise LssError("bounded=True uses its own min-max scaling; transform must be 'standard'")
         self.transform = str(transform)
-        self.n_knots = _check_int(n_knots, "n_knots", minimum=3)
+        self.n_knots = positive_int(n_knots, "n_knots", minimum=3)
         linear_weight = float(linear_weight)
         if not 0.0 <= linear_weight <= 1.0:
             raise LssError(f"linear_weight must be in [0, 1], got {linear_weight!r}")
@@ -583,7 +566,7 @@ class MDNPropagator(nn.Module):
         numpy.ndarray
             ``(W, n_steps + 1, D)`` in the model's dtype; row 0 is ``start``.
         """
-        n_steps = _check_int(n_steps, "n_steps", minimum=0)
+        n_steps = positive_int(n_steps, "n_steps", minimum=0)
         sampler = self.sampler(start, n_walkers=n_walkers, seed=seed, device=device, threads=threads)
         out = np.empty((n_steps + 1, sampler.n_walkers, self.n_dim), dtype=sampler.numpy_dtype)
         out[0] = sampler.state()
@@ -653,8 +636,8 @@ class MDNSampler:
         device: "str | torch.device | None" = None,
         threads: int | None = 1,
     ):
-        self.device = _resolve_device(device)
-        self.threads = None if threads is None else _check_int(threads, "threads")
+        self.device = resolve_device(device)
+        self.threads = None if threads is None else positive_int(threads, "threads")
         if model.norm_scale.device != self.device:
             model = copy.deepcopy(model).to(self.device)
         self.model = model
@@ -667,12 +650,12 @@ class MDNSampler:
         if x.ndim == 1:
             if x.shape[0] != d:
                 raise LssError(f"start has {x.shape[0]} coordinates, the model has {d}")
-            w = 1 if n_walkers is None else _check_int(n_walkers, "n_walkers")
+            w = 1 if n_walkers is None else positive_int(n_walkers, "n_walkers")
             x = x.unsqueeze(0).expand(w, d)
         elif x.ndim == 2:
             if x.shape[1] != d:
                 raise LssError(f"start has {x.shape[1]} coordinates, the model has {d}")
-            if n_walkers is not None and _check_int(n_walkers, "n_walkers") != x.shape[0]:
+            if n_walkers is not None and positive_int(n_walkers, "n_walkers") != x.shape[0]:
                 raise LssError(f"start has {x.shape[0]} walkers but n_walkers={n_walkers}")
             if x.shape[0] < 1:
                 raise LssError("start has no walkers")
@@ -762,7 +745,7 @@ class MDNSampler:
         numpy.ndarray
             ``(n_steps, W, D)``: the positions after each step, original units.
         """
-        n_steps = _check_int(n_steps, "n_steps", minimum=0)
+        n_steps = positive_int(n_steps, "n_steps", minimum=0)
         model, w, d, c = self.model, self.n_walkers, self.model.n_dim, self.model.n_components
         shape = (n_steps, w, d)
         if out is None:

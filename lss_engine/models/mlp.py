@@ -12,13 +12,13 @@ normalisation follows the activation, as in the SRV reference implementation
 from __future__ import annotations
 
 import contextlib
-import numbers
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from .._helpers import positive_int
 from ..errors import LssError, SpecError
 
 __all__ = ["make_mlp", "ACTIVATIONS", "parse_dtype", "dtype_name"]
@@ -59,12 +59,6 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def _positive_int(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SpecError(f"{what} must be a positive integer, got {value!r}")
-    return value
-
-
 def make_mlp(
     n_in: int,
     hidden: Sequence[int],
@@ -97,10 +91,9 @@ def make_mlp(
     SpecError
         On a non-positive width, an unknown activation or a dropout outside [0, 1).
     """
-    n_in = _positive_int(n_in, "n_in")
-    n_out = _positive_int(n_out, "n_out")
-    hidden = [_positive_int(int(h) if isinstance(h, numbers.Integral) and not isinstance(h, bool) else h,
-                            "hidden width") for h in hidden]
+    n_in = positive_int(n_in, "n_in", error=SpecError)
+    n_out = positive_int(n_out, "n_out", error=SpecError)
+    hidden = [positive_int(h, "hidden width", error=SpecError) for h in hidden]
     if activation not in ACTIVATIONS:
         raise SpecError(f"unknown activation {activation!r}; choose from {', '.join(sorted(ACTIVATIONS))}")
     if not 0.0 <= float(dropout) < 1.0:

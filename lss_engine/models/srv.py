@@ -35,26 +35,24 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import scipy.linalg
 import torch
-from torch import nn
 
+from .._helpers import implied_timescales
 from ..errors import LssError
-from .mlp import model_from_config
+from .base import LobeNetwork, Standardize
 from .mlp import (
     EVAL_CHUNK,
     as_input,
     dtype_name,
     evaluating,
-    iter_frames,
     iter_pairs,
     lag_of,
     make_mlp,
     parse_dtype,
 )
 from .vamp import (
-    CovarianceAccumulator,
     check_mode,
+    reversible_eigh,
     reversible_vamp_score,
     reversible_vamp_score_from_covariances,
 )
@@ -67,17 +65,7 @@ _F64_BUFFERS = ("whiten_mean", "whiten_vectors", "whiten_eigenvalues", "whiten_l
 _UNITS = ("frames", "ps", "lags")
 
 
-def _timescales(eigenvalues: np.ndarray, lag: float) -> np.ndarray:
-    """:math:`-\\tau/\\ln\\lambda`: ``inf`` for :math:`\\lambda \\ge 1`, NaN for :math:`\\lambda \\le 0`."""
-    lam = np.asarray(eigenvalues, dtype=np.float64)
-    out = np.full(lam.shape, np.nan)
-    inside = (lam > 0) & (lam < 1)
-    out[inside] = -lag / np.log(lam[inside])
-    out[lam >= 1] = np.inf
-    return out
-
-
-class SRV(nn.Module):
+class SRV(LobeNetwork):
     r"""State-free reversible VAMPnet with whitened, ordered eigenfunction outputs.
 
     Parameters
@@ -133,8 +121,10 @@ class SRV(nn.Module):
         self.epsilon = float(epsilon)
         self.mode = check_mode(mode)
         self.requested_n_latent = n_latent
+        self.standardize = Standardize(self.n_features)
         self.lobe = make_mlp(self.n_features, self.hidden, self.n_outputs, activation, self.batchnorm, self.dropout)
         self.lobe.to(parse_dtype(dtype))
+        self.lobe_t = None  # one lobe for both frames of a pair
         f64 = torch.float64
         self.register_buffer("whiten_mean", torch.zeros(self.n_outputs, dtype=f64))
         self.register_buffer("whiten_vectors", torch.eye(self.n_outputs, dtype=f64))
@@ -152,31 +142,10 @@ class SRV(nn.Module):
             self._buffers[name] = value.to(device=self._buffers[name].device)
         return self
 
-    def _ref(self) -> torch.Tensor:
-        return next(self.parameters())
-
-    # -- protocol of the training loop -------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw network outputs ``(batch, n_outputs)`` (the basis, not yet whitened)."""
-        return self.lobe(x)
-
-    def forward_pair(self, x0: torch.Tensor, xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Outputs of both frames of pairs, in one forward pass of ``[x0; xt]``."""
-        ref = self._ref()
-        x0, xt = as_input(x0, ref), as_input(xt, ref)
-        both = self.lobe(torch.cat((x0, xt)))
-        return both[: x0.shape[0]], both[x0.shape[0] :]
-
     def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Negative reversible VAMP-2 score of one batch ``(x0, xt)``."""
         z0, zt = self.forward_pair(*batch)
         return -reversible_vamp_score(z0, zt, "VAMP2", self.epsilon, self.mode)
-
-    def _accumulate(self, data: Any, chunk_size: int) -> CovarianceAccumulator:
-        acc = CovarianceAccumulator(self._ref().device)
-        for x0, xt in iter_pairs(data, chunk_size):
-            acc.update(*self.forward_pair(x0, xt))
-        return acc
 
     def validation_score(self, dataset: Any, chunk_size: int = EVAL_CHUNK) -> float:
         """Reversible VAMP-2 score of all pairs of ``dataset`` (higher is better).
@@ -203,11 +172,6 @@ class SRV(nn.Module):
             "n_latent": self.requested_n_latent,
             "dtype": dtype_name(self._ref().dtype),
         }
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "SRV":
-        """A fresh network from :meth:`config`'s output (load weights and whitening with ``load_state_dict``)."""
-        return model_from_config(cls, config)
 
     # -- whitening -----------------------------------------------------------
     @property
@@ -255,7 +219,7 @@ class SRV(nn.Module):
         with evaluating(self):
             acc = self._accumulate(data, chunk_size)
             c00s, c01s, mean = (t.cpu().numpy() for t in acc.symmetrized())
-            eigvals, vectors = _generalized_eigh(c01s, c00s)
+            eigvals, vectors = reversible_eigh(c00s, c01s)
             order = np.argsort(-eigvals, kind="stable")
             eigvals, vectors = eigvals[order], vectors[:, order]
             # sign: positive third moment of psi over the pooled 2N frames
@@ -291,7 +255,7 @@ class SRV(nn.Module):
         """
         lam = np.sort(np.asarray(eigenvalues, dtype=np.float64))[::-1]
         lam = lam[lam > 0]
-        t = _timescales(lam, 1.0)
+        t = implied_timescales(lam, 1.0)
         k = len(t)
         if k < 2:
             return max(k, 1)
@@ -329,7 +293,7 @@ class SRV(nn.Module):
     @property
     def implied_timescales(self) -> np.ndarray:
         r""":math:`t_i = -\tau/\ln\lambda_i` in :attr:`timescale_unit` (NaN for :math:`\lambda_i \le 0`)."""
-        return _timescales(self.eigenvalues, self.lag)
+        return implied_timescales(self.eigenvalues, self.lag)
 
     def latent(self, x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
         r"""Whitened coordinates :math:`\psi_{1..dim}(x)` as a differentiable float64 tensor.
@@ -343,7 +307,7 @@ class SRV(nn.Module):
         """
         self._check_whitened()
         dim = self._dim(dim)
-        z = self.lobe(as_input(x, self._ref())).to(torch.float64)
+        z = self.lobe(self.standardize(as_input(x, self._ref()))).to(torch.float64)
         return (z - self.whiten_mean) @ self.whiten_vectors[:, :dim]
 
     def _dim(self, dim: int | None) -> int:
@@ -359,36 +323,8 @@ class SRV(nn.Module):
         """
         self._check_whitened()
         dim = self._dim(dim)
-        with evaluating(self):
-            parts = [self.latent(chunk, dim).cpu().numpy() for chunk in iter_frames(x, chunk_size)]
-        return np.concatenate(parts) if parts else np.zeros((0, dim))
+        return self.map_chunks(lambda chunk: self.latent(chunk, dim), x, dim, chunk_size)
 
     def extra_repr(self) -> str:
         state = f"whitened, n_latent={self.n_latent}" if self.is_whitened else "not whitened"
         return f"epsilon={self.epsilon:g}, mode={self.mode!r}, {state}"
-
-
-def _generalized_eigh(c01s: np.ndarray, c00s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    r"""Solve :math:`C_{01} v = \lambda C_{00} v` with :math:`V^\top C_{00} V = I`.
-
-    ``scipy.linalg.eigh``; if :math:`C_{00}` is not positive definite (linearly
-    dependent outputs), the problem is solved in the range of :math:`C_{00}`
-    (eigenvalues above :math:`10^{-12}\max\lambda(C_{00})`) and the missing
-    components are zero vectors with eigenvalue 0.
-    """
-    c00s = 0.5 * (c00s + c00s.T)
-    c01s = 0.5 * (c01s + c01s.T)
-    try:
-        return scipy.linalg.eigh(c01s, c00s)
-    except np.linalg.LinAlgError:
-        pass
-    s, u = np.linalg.eigh(c00s)
-    keep = s > 1e-12 * max(s.max(), 0.0)
-    if not keep.any():
-        raise LssError("the SRV outputs are constant over the data; cannot whiten them")
-    w = u[:, keep] / np.sqrt(s[keep])
-    lam, q = np.linalg.eigh(w.T @ c01s @ w)
-    n, k = c00s.shape[0], int(keep.sum())
-    vectors = np.zeros((n, n))
-    vectors[:, :k] = w @ q
-    return np.concatenate([lam, np.zeros(n - k)]), vectors

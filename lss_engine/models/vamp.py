@@ -57,6 +57,7 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 
 from ..errors import LssError
@@ -76,6 +77,8 @@ __all__ = [
     "reversible_vamp_score",
     "reversible_vamp_score_from_covariances",
     "reversible_eigenvalues",
+    "reversible_eigh",
+    "koopman_from_moments",
     "CovarianceAccumulator",
 ]
 
@@ -249,6 +252,16 @@ def _inverse_sqrts(c00: Tensor, c11: Tensor, epsilon: float, mode: str) -> Tuple
 # Koopman matrix and scores
 
 
+def _half_weighted(c00: Tensor, c01: Tensor, c11: Tensor, epsilon: float, mode: str) -> Tuple[Tensor, Tensor, Tensor]:
+    r"""The one half-weighted Koopman solve :math:`M = C_{00}^{-1/2} C_{01} C_{11}^{-1/2}`.
+
+    Returns ``(M, C00^{-1/2}, C11^{-1/2})``; :func:`koopman_matrix` is
+    :math:`M^\top`, the VAMP scores are norms of :math:`M` and VAMP-E uses its SVD.
+    """
+    c00_isqrt, c11_isqrt = _inverse_sqrts(c00, c11, epsilon, mode)
+    return c00_isqrt @ c01 @ c11_isqrt, c00_isqrt, c11_isqrt
+
+
 def koopman_matrix(
     x: Optional[Tensor] = None,
     y: Optional[Tensor] = None,
@@ -276,8 +289,7 @@ def koopman_matrix(
         ``(m, n)``.
     """
     c00, c01, c11 = covs if covs is not None else covariances(x, y, remove_mean=True)
-    c00_isqrt, c11_isqrt = _inverse_sqrts(c00, c11, epsilon, mode)
-    return (c00_isqrt @ c01 @ c11_isqrt).transpose(0, 1)
+    return _half_weighted(c00, c01, c11, epsilon, mode)[0].transpose(0, 1)
 
 
 def vamp_score_from_covariances(
@@ -320,8 +332,7 @@ def vamp_score_from_covariances(
         0-dim tensor.
     """
     method = check_method(method)
-    c00_isqrt, c11_isqrt = _inverse_sqrts(c00, c11, epsilon, mode)
-    m = c00_isqrt @ c01 @ c11_isqrt
+    m, c00_isqrt, c11_isqrt = _half_weighted(c00, c01, c11, epsilon, mode)
     if method == "VAMP2":
         return 1 + m.pow(2).sum()
     if method == "VAMP1":
@@ -395,6 +406,95 @@ def reversible_eigenvalues(
     c00s, c01s = symmetrized_covariances(x, y, remove_mean=True)
     m = _reversible_matrix(c00s, c01s, epsilon, mode)
     return torch.linalg.eigvalsh(0.5 * (m + m.transpose(0, 1))).flip(0)
+
+
+# --------------------------------------------------------------------------
+# float64 model estimates from accumulated moments (analysis, not training)
+
+
+def _as_f64(a: "Tensor | np.ndarray") -> Tensor:
+    return torch.as_tensor(a).detach().to(torch.float64)
+
+
+def _pinv_sym(mat: Tensor, rcond: float) -> Tensor:
+    r"""Pseudo-inverse :math:`V_+ \Lambda_+^{-1} V_+^\top` of a symmetric PSD matrix,
+    dropping eigenvalues :math:`\le` ``rcond`` :math:`\times \lambda_{\max}`."""
+    w, v = torch.linalg.eigh(0.5 * (mat + mat.transpose(0, 1)))
+    keep = w > rcond * max(float(w.max()), 0.0) if w.numel() else w > 0
+    vk = v[:, keep]
+    return (vk / w[keep]) @ vk.transpose(0, 1)
+
+
+def koopman_from_moments(c00: "Tensor | np.ndarray", c0t: "Tensor | np.ndarray", rcond: float = 1e-10) -> np.ndarray:
+    r"""The one non-mean-free Koopman solve :math:`K = C_{00}^{+} C_{0\tau}` in float64.
+
+    With :math:`C_{00} = \frac1N\sum\chi_0\chi_0^\top` and
+    :math:`C_{0\tau} = \frac1N\sum\chi_0\chi_1^\top` (memberships or features,
+    not mean-free; VAMPnets, Mardt et al. 2018, Eq. 5), :math:`C_{00}^{+}` is
+    the pseudo-inverse of :func:`_pinv_sym` (eigenvalues at or below
+    ``rcond`` times the largest dropped), i.e. the minimum-norm least-squares
+    solution of :math:`C_{00} K = C_{0\tau}`; for a well-conditioned
+    :math:`C_{00}` it is :math:`C_{00}^{-1} C_{0\tau}`.  Used by the VAMPNet's
+    fuzzy MSM and by :func:`lss_engine.kinetics.koopman_from_features`.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, m)`` float64.
+    """
+    c00, c0t = _as_f64(c00), _as_f64(c0t)
+    if c00.ndim != 2 or c00.shape[0] != c00.shape[1] or c0t.ndim != 2 or c0t.shape[0] != c00.shape[0]:
+        raise LssError(f"expected (n, n) and (n, m) moments, got {tuple(c00.shape)} and {tuple(c0t.shape)}")
+    return (_pinv_sym(c00, rcond) @ c0t).cpu().numpy()
+
+
+def reversible_eigh(c00s: "Tensor | np.ndarray", c01s: "Tensor | np.ndarray", rcond: float = 1e-12) -> Tuple[np.ndarray, np.ndarray]:
+    r"""The one reversible solve: :math:`C^s_{01} v = \lambda C^s_{00} v` with :math:`V^\top C^s_{00} V = I`, float64.
+
+    With the Cholesky factor :math:`C^s_{00} = L L^\top`, the eigenpairs
+    :math:`(\lambda_i, q_i)` of the symmetric :math:`L^{-1} C^s_{01} L^{-\top}`
+    give :math:`v_i = L^{-\top} q_i` (what ``scipy.linalg.eigh(c01s, c00s)``
+    computes).  If :math:`C^s_{00}` is not positive definite (linearly
+    dependent features; also when that route gives a non-finite or an absurd,
+    :math:`|\lambda| \ge 10^6`, eigenvalue of a nearly singular one) the problem is solved in its range (eigenvalues above
+    ``rcond`` times the largest), :math:`W = U_+ S_+^{-1/2}`,
+    :math:`W^\top C^s_{01} W q = \lambda q`, :math:`v = W q`; the missing
+    components are zero vectors with eigenvalue 0.  This is the float64,
+    whole-data counterpart of :func:`reversible_eigenvalues`.
+
+    Returns
+    -------
+    eigenvalues, vectors
+        ``(n,)`` ascending and ``(n, n)`` (eigenvectors as columns), numpy.
+
+    Raises
+    ------
+    LssError
+        :math:`C^s_{00} = 0` (constant features).
+    """
+    c00s, c01s = _as_f64(c00s), _as_f64(c01s)
+    c00s = 0.5 * (c00s + c00s.transpose(0, 1))
+    c01s = 0.5 * (c01s + c01s.transpose(0, 1))
+    chol, info = torch.linalg.cholesky_ex(c00s)
+    if int(info) == 0:
+        m = torch.linalg.solve_triangular(chol, c01s, upper=False)
+        m = torch.linalg.solve_triangular(chol, m.transpose(0, 1), upper=False)
+        lam, q = torch.linalg.eigh(0.5 * (m + m.transpose(0, 1)))
+        if bool(torch.isfinite(lam).all()) and float(lam.abs().max()) < 1e6:
+            vectors = torch.linalg.solve_triangular(chol.transpose(0, 1), q, upper=True)
+            return lam.cpu().numpy(), vectors.cpu().numpy()
+    s, u = torch.linalg.eigh(c00s)
+    keep = s > rcond * max(float(s.max()), 0.0)
+    if not bool(keep.any()):
+        raise LssError("the features are constant over the data; cannot solve the reversible eigenproblem")
+    w = u[:, keep] / s[keep].sqrt()
+    m = w.transpose(0, 1) @ c01s @ w
+    lam, q = torch.linalg.eigh(0.5 * (m + m.transpose(0, 1)))
+    n, k = c00s.shape[0], int(keep.sum())
+    vectors = torch.zeros((n, n), dtype=torch.float64, device=c00s.device)
+    vectors[:, :k] = w @ q
+    values = torch.cat([lam, torch.zeros(n - k, dtype=torch.float64, device=lam.device)])
+    return values.cpu().numpy(), vectors.cpu().numpy()
 
 
 # --------------------------------------------------------------------------

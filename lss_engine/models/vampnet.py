@@ -32,20 +32,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._helpers import implied_timescales
 from ..errors import LssError
-from .mlp import model_from_config
+from .base import LobeNetwork, Standardize
 from .mlp import (
     EVAL_CHUNK,
-    as_input,
     dtype_name,
     evaluating,
-    iter_frames,
-    iter_pairs,
     lag_of,
     make_mlp,
     parse_dtype,
 )
-from .vamp import CovarianceAccumulator, check_method, check_mode, vamp_score_from_covariances, vampnet_loss
+from .vamp import (check_method, check_mode, koopman_from_moments, vamp_score_from_covariances,
+                   vampnet_loss)
 
 __all__ = ["VAMPNet", "KoopmanModel", "koopman_model_from_memberships", "koopman_model_from_moments"]
 
@@ -73,8 +72,9 @@ class KoopmanModel:
         ``(n,)`` eigenvalues of ``transition_matrix`` by decreasing modulus
         (``eigenvalues[0]`` is 1); real dtype unless some are complex.
     implied_timescales
-        ``(n - 1,)`` :math:`t_i = -\tau / \ln|\lambda_i|`, :math:`i \ge 1`
-        (``inf`` for :math:`|\lambda_i| \ge 1`, 0 for :math:`\lambda_i = 0`).
+        ``(n - 1,)`` :math:`t_i = -\tau / \ln\lambda_i`, :math:`i \ge 1`
+        (``inf`` for :math:`\lambda_i \ge 1`, NaN for a real :math:`\lambda_i \le 0`,
+        the modulus for a complex one; :func:`lss_engine._helpers.implied_timescales`).
     lag
         :math:`\tau` in ``unit``.
     unit
@@ -95,27 +95,6 @@ class KoopmanModel:
     @property
     def n_states(self) -> int:
         return self.transition_matrix.shape[0]
-
-
-def _solve_psd(c00: np.ndarray, c01: np.ndarray) -> np.ndarray:
-    """``C00^{-1} C01``; a least-squares (pseudo-inverse) solution if ``C00`` is singular."""
-    try:
-        if np.linalg.cond(c00) < 1e12:
-            return np.linalg.solve(c00, c01)
-    except np.linalg.LinAlgError:
-        pass
-    return np.linalg.lstsq(c00, c01, rcond=None)[0]
-
-
-def _timescales(eigenvalues: np.ndarray, lag: float) -> np.ndarray:
-    mod = np.abs(eigenvalues)
-    with np.errstate(divide="ignore"):
-        log = np.log(mod)
-    out = np.full(mod.shape, np.inf)
-    finite = (mod < 1) & (mod > 0)
-    out[finite] = -lag / log[finite]
-    out[mod == 0] = 0.0
-    return out
 
 
 def koopman_model_from_memberships(
@@ -148,7 +127,7 @@ def koopman_model_from_moments(c00: np.ndarray, c0t: np.ndarray, lag: float = 1.
     :math:`C_{00} = \frac1N\sum\chi_0\chi_0^\top` and :math:`C_{0\tau} = \frac1N\sum\chi_0\chi_1^\top`."""
     c00 = np.asarray(c00, dtype=np.float64)
     c0t = np.asarray(c0t, dtype=np.float64)
-    k = _solve_psd(c00, c0t)
+    k = koopman_from_moments(c00, c0t)
     t = np.clip(k, 0.0, None)
     empty = ~(t.sum(axis=1) > 0) | ~(np.diag(c00) > 0)
     t[empty] = 0.0
@@ -167,7 +146,7 @@ def koopman_model_from_moments(c00: np.ndarray, c0t: np.ndarray, lag: float = 1.
         transition_matrix=t,
         stationary_distribution=pi,
         eigenvalues=eigvals,
-        implied_timescales=_timescales(eigvals[1:], float(lag)),
+        implied_timescales=implied_timescales(eigvals[1:], float(lag)),
         lag=float(lag),
         unit=unit,
         clipped=float(min(0.0, k.min())),
@@ -193,7 +172,7 @@ class Softmax(nn.Module):
         return torch.softmax(x, dim=-1)
 
 
-class VAMPNet(nn.Module):
+class VAMPNet(LobeNetwork):
     r"""VAMPNet with softmax outputs (fuzzy metastable states).
 
     Parameters
@@ -261,6 +240,7 @@ class VAMPNet(nn.Module):
                 Softmax(),
             )
 
+        self.standardize = Standardize(self.n_features)
         self.lobe = lobe().to(torch_dtype)
         # not a submodule when shared: state_dict must not hold the same tensors twice
         self.lobe_t = None if self.shared else lobe().to(torch_dtype)
@@ -274,37 +254,10 @@ class VAMPNet(nn.Module):
     def score_method(self, value: str) -> None:
         self._score_method = check_method(value)
 
-    @property
-    def lobe_timelagged(self) -> nn.Module:
-        """The lobe of :math:`x_{t+\\tau}` (the instantaneous one when shared)."""
-        return self.lobe if self.lobe_t is None else self.lobe_t
-
-    def _ref(self) -> torch.Tensor:
-        return next(self.parameters())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Memberships ``(batch, n_states)`` of frames ``x`` (instantaneous lobe)."""
-        return self.lobe(x)
-
-    def forward_pair(self, x0: torch.Tensor, xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Memberships of both frames of pairs; one forward pass when the lobes are shared."""
-        ref = self._ref()
-        x0, xt = as_input(x0, ref), as_input(xt, ref)
-        if self.lobe_t is None:
-            both = self.lobe(torch.cat((x0, xt)))
-            return both[: x0.shape[0]], both[x0.shape[0] :]
-        return self.lobe(x0), self.lobe_t(xt)
-
     def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Negative ``score_method`` score of one batch ``(x0, xt)``: a scalar to minimise."""
         chi0, chit = self.forward_pair(*batch)
         return vampnet_loss(chi0, chit, self.score_method, self.epsilon, self.mode)
-
-    def _accumulate(self, data: Any, chunk_size: int) -> CovarianceAccumulator:
-        acc = CovarianceAccumulator(self._ref().device)
-        for x0, xt in iter_pairs(data, chunk_size):
-            acc.update(*self.forward_pair(x0, xt))
-        return acc
 
     def validation_score(self, dataset: Any, chunk_size: int = EVAL_CHUNK) -> float:
         """VAMP-2 score of all pairs of ``dataset`` (higher is better).
@@ -338,11 +291,6 @@ class VAMPNet(nn.Module):
             "dtype": dtype_name(self._ref().dtype),
         }
 
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "VAMPNet":
-        """A fresh network from :meth:`config`'s output (load weights with ``load_state_dict``)."""
-        return model_from_config(cls, config)
-
     # -- analysis ----------------------------------------------------------
     def memberships(self, x: Any, instantaneous: bool = True, chunk_size: int = EVAL_CHUNK) -> np.ndarray:
         """Memberships ``(n_frames, n_states)`` (float64 numpy) of frames ``x`` (array or tensor).
@@ -350,10 +298,7 @@ class VAMPNet(nn.Module):
         ``instantaneous=False`` uses the time-lagged lobe (the same one when shared).
         """
         lobe = self.lobe if instantaneous else self.lobe_timelagged
-        ref = self._ref()
-        with evaluating(self):
-            parts = [lobe(as_input(chunk, ref)).to(torch.float64).cpu().numpy() for chunk in iter_frames(x, chunk_size)]
-        return np.concatenate(parts) if parts else np.zeros((0, self.n_states))
+        return self.map_chunks(lambda chunk: lobe(self.standardize(chunk)), x, self.n_states, chunk_size)
 
     def koopman_model(self, data: Any, lag: float | None = None, chunk_size: int = EVAL_CHUNK) -> KoopmanModel:
         r"""Koopman model of the fuzzy MSM over all pairs of ``data``.

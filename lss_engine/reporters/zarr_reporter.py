@@ -239,6 +239,21 @@ class ZarrReporter:
             self._writer.commit()
             self._n_buffered = 0
 
+    def catch_up(self, simulation) -> None:
+        """Record the current state if it is a report step whose frame is not recorded yet.
+
+        A Ctrl-C can land between an integration step and its report; a run
+        that stops there calls this before checkpointing, so that a resumed
+        run (which reports from the next report step on) leaves no gap.
+        """
+        step = simulation.currentStep
+        if self._writer is None or self._closed or step % self._interval:
+            return
+        last = int(self._steps[self._n_buffered - 1]) if self._n_buffered else self._writer.last_step
+        if last is None or last < step:
+            self.report(simulation, simulation.context.getState(getPositions=True,
+                                                                enforcePeriodicBox=bool(self._periodic_request)))
+
     @property
     def frames_committed(self) -> int:
         """Frames visible to readers so far."""

@@ -22,17 +22,16 @@ A checkpoint directory (``<checkpoint_dir>/<stage>/``) holds
 Each save writes a *new* tensor file under a fresh name, then replaces
 ``checkpoint.json`` (the commit point), then deletes older tensor files.
 Every file is written to a temporary name, flushed to disk and moved into
-place with ``os.replace``, so a run killed at any moment (even by SIGKILL)
+place with ``os.replace`` (:func:`lss_engine._helpers.atomic_write_bytes`), so a
+run killed at any moment (even by SIGKILL)
 leaves either the previous or the new checkpoint, never a mixture.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -40,18 +39,16 @@ import torch
 from safetensors.torch import load as _load_tensors
 from safetensors.torch import save as _save_tensors
 
+from .._helpers import TEMP_SUFFIX, atomic_write_bytes, atomic_write_json
 from ..errors import LssError
 
 __all__ = [
     "SCHEMA_VERSION",
     "CheckpointStore",
-    "atomic_write_bytes",
-    "atomic_write_json",
     "flatten_optimizer",
     "unflatten_optimizer",
     "prefixed",
     "unprefixed",
-    "jsonable",
 ]
 
 SCHEMA_VERSION = 1
@@ -59,60 +56,6 @@ KIND = "lss_engine.train.checkpoint"
 RECORD = "checkpoint.json"
 HISTORY = "history.json"
 _STATE_RE = re.compile(r"^state-(\d{6,})\.safetensors$")
-_TMP_PREFIX = ".tmp-"
-
-
-# --------------------------------------------------------------------------
-# atomic files
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # not possible on every platform (Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a flushed temporary file and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + path.name + ".", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # KeyboardInterrupt included: leave no temporary file
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def jsonable(obj: Any) -> Any:
-    """``obj`` with tuples as lists and non-finite floats as ``None`` (strict JSON)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    return obj
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as strict JSON (non-finite floats become ``null``), atomically."""
-    text = json.dumps(jsonable(obj), indent=1, allow_nan=False)
-    atomic_write_bytes(path, (text + "\n").encode())
 
 
 # --------------------------------------------------------------------------
@@ -284,5 +227,5 @@ class CheckpointStore:
         if not self.directory.is_dir():
             return
         for path in self.directory.iterdir():
-            if path.name != keep and (_STATE_RE.match(path.name) or path.name.startswith(_TMP_PREFIX)):
+            if path.name != keep and (_STATE_RE.match(path.name) or path.name.endswith(TEMP_SUFFIX)):
                 path.unlink(missing_ok=True)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._helpers import atomic_write_json, derive_seed, first_line, jsonable, resolve_device
 from ..errors import LssError, NonFiniteError
 from ..provenance import provenance
 from . import checkpoint as ck
@@ -260,18 +261,6 @@ def to_device(batch: Any, device: torch.device | str) -> Any:
     return batch
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise LssError(f"device {name!r} asked for, but CUDA is not available (use device='auto' or 'cpu')")
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
 @contextlib.contextmanager
 def _no_tf32() -> Iterator[None]:
     """Full float32 matmuls and convolutions (no TF32) inside; previous flags restored after."""
@@ -308,7 +297,7 @@ def _determinism(enabled: bool, device: torch.device) -> Iterator[None]:
 
 def _batch_seed(seed: int) -> int:
     """Seed of the batch-order generator, independent of the model's init stream."""
-    return int(np.random.SeedSequence([seed, 0xBA7C4]).generate_state(1, np.uint64)[0] >> 1)
+    return derive_seed(seed, 0xBA7C4)
 
 
 def _state_sha256(state: Mapping[str, torch.Tensor]) -> str:
@@ -322,7 +311,7 @@ def _state_sha256(state: Mapping[str, torch.Tensor]) -> str:
 
 def _json_roundtrip(obj: Any) -> Any:
     """``obj`` as it reads back from JSON (unserialisable parts as their ``repr``)."""
-    return json.loads(json.dumps(ck.jsonable(obj), default=repr))
+    return json.loads(json.dumps(jsonable(obj), default=repr))
 
 
 def _has_training_step(model: Any) -> bool:
@@ -336,11 +325,6 @@ def _optimizer_prefix(name: str) -> str:
 
 def _clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else exc.__class__.__name__
 
 
 @dataclass
@@ -407,7 +391,7 @@ class _Trainer:
             try:
                 model.load_state_dict(self.initial_state)
             except RuntimeError as exc:
-                raise LssError(f"initial_state does not fit {type(model).__name__}: {_first_line(exc)}") from None
+                raise LssError(f"initial_state does not fit {type(model).__name__}: {first_line(exc)}") from None
         return model.to(self.device)
 
     def model_config(self, model: nn.Module) -> Any:
@@ -463,7 +447,7 @@ class _Trainer:
                 optimizer.load_state_dict(ck.unflatten_optimizer(tensors, self.optimizer_meta[name], prefix))
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
             raise LssError(
-                f"the checkpoint does not fit the factory's model ({_first_line(exc)}); use the same model, "
+                f"the checkpoint does not fit the factory's model ({first_line(exc)}); use the same model, "
                 "another checkpoint_dir, or resume=False"
             ) from None
         best = ck.unprefixed("best", tensors)
@@ -499,7 +483,7 @@ class _Trainer:
             try:
                 loss = model.training_loss(batch)
             except torch.linalg.LinAlgError as exc:
-                return None, f"the training loss failed ({_first_line(exc)})"
+                return None, f"the training loss failed ({first_line(exc)})"
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                 raise LssError(f"{type(model).__name__}.training_loss must return a scalar tensor")
             value = float(loss.detach())
@@ -532,7 +516,7 @@ class _Trainer:
             try:
                 metrics = model.training_step(batch, self.optimizers)
             except torch.linalg.LinAlgError as exc:
-                return None, f"the training step failed ({_first_line(exc)})"
+                return None, f"the training step failed ({first_line(exc)})"
             if not isinstance(metrics, Mapping) or "loss" not in metrics:
                 raise LssError(f"{what} must return a dict of floats with a 'loss' entry")
             for key, value in metrics.items():
@@ -554,7 +538,7 @@ class _Trainer:
             with torch.no_grad(), _no_tf32():
                 score = self.model.validation_score(self.val)
         except torch.linalg.LinAlgError as exc:
-            return None, f"the validation score failed ({_first_line(exc)})"
+            return None, f"the validation score failed ({first_line(exc)})"
         finally:
             self.model.train()
         score = float(score.item() if isinstance(score, torch.Tensor) else score)
@@ -770,7 +754,7 @@ class _Trainer:
                 model.load_state_dict(self.overall_state)
             except RuntimeError as exc:
                 raise LssError(
-                    f"the checkpointed best weights do not fit the factory's model: {_first_line(exc)}"
+                    f"the checkpointed best weights do not fit the factory's model: {first_line(exc)}"
                 ) from None
         model = model.to("cpu").eval()
         return TrainResult(
@@ -925,7 +909,7 @@ def fit(
     callbacks = list(callbacks or [])
     if not all(callable(c) for c in callbacks):
         raise LssError("callbacks must be callables (record, model) -> bool | None")
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
     if isinstance(initial_state, nn.Module):
         initial_state = initial_state.state_dict()
     if initial_state is not None:
@@ -989,5 +973,5 @@ def save_history(result_or_history: TrainResult | Sequence[dict], path: str | os
         doc["provenance"] = provenance()
         doc["history"] = history
     path = Path(path)
-    ck.atomic_write_json(path, doc)
+    atomic_write_json(path, doc)
     return path

@@ -12,7 +12,7 @@ import openmm
 from openmm import app, unit
 
 from lss_engine.errors import LssError, NonFiniteError, StoreError
-from lss_engine.integrator import ArrayFrameSource, FrameSource, LatentSimulation
+from lss_engine.replay import ArrayFrameSource, FrameSource, LatentSimulation
 from lss_engine.reporters import ZarrReporter
 from lss_engine.store import open_store
 
@@ -336,3 +336,14 @@ def test_array_source_accepts_mdtraj_and_quantities(md_run):
     assert source.frames_left == 2
     quantity = ArrayFrameSource(frames[:3] * 10 * unit.angstrom)
     np.testing.assert_allclose(quantity.advance(1), frames[1], atol=1e-12)
+
+
+def test_the_old_module_name_is_an_alias():
+    import importlib
+
+    import lss_engine.replay as replay_module
+
+    with pytest.warns(DeprecationWarning, match="lss_engine.replay"):
+        old = importlib.reload(importlib.import_module("lss_engine.integrator"))
+    assert old.LatentSimulation is replay_module.LatentSimulation
+    assert old.FrameSource is replay_module.FrameSource and old.ArrayFrameSource is replay_module.ArrayFrameSource
