@@ -18,6 +18,15 @@ and compares with MD:
   where that is wider.
 
     OMP_NUM_THREADS=1 python benchmarks/acceptance_lss_ala2.py --model runs/acc_mdn_final/model
+
+With nothing but ``lss train``'s defaults (issue 10), on fresh MD in two walkers::
+
+    lss simulate --system alanine-dipeptide --temperature 450 --ns 50 --walkers 2 --report-interval 1ps \
+        --features backbone-torsions,heavy-atom-distances --save-atoms heavy --equilibrate 100ps \
+        --seed 21 --out runs/acc_defaults/md.zarr
+    lss train runs/acc_defaults/md_0.zarr runs/acc_defaults/md_1.zarr --out runs/acc_defaults/model
+    OMP_NUM_THREADS=1 python benchmarks/acceptance_lss_ala2.py --model runs/acc_defaults/model \
+        --store runs/acc_defaults/md_0.zarr runs/acc_defaults/md_1.zarr --workdir runs/acc_defaults/acceptance
 """
 from __future__ import annotations
 
@@ -46,7 +55,7 @@ def passage_times(phi_trajs, dt_ps):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="runs/acc_mdn_final/model")
-    parser.add_argument("--store", default="runs/ala2_450K_100ns.zarr")
+    parser.add_argument("--store", nargs="+", default=["runs/ala2_450K_100ns.zarr"], help="the training MD store(s)")
     parser.add_argument("--workdir", default="runs/acceptance_lss_ala2")
     parser.add_argument("--reference", default=str(REFERENCE))
     parser.add_argument("--walkers", type=int, default=10)
@@ -61,7 +70,7 @@ def main() -> None:
     from lss_engine.kinetics.transitions import mfpt_confidence_interval
     from lss_engine.pipeline import DecoderSettings, train_decoder
     from lss_engine.simulator import LatentSpaceSimulator
-    from lss_engine.store import open_store
+    from lss_engine.store import open_stores
     from lss_engine.structure import backbone_torsions, compare_structures, ramachandran_js
 
     torch.set_num_threads(1)
@@ -74,10 +83,10 @@ def main() -> None:
         shutil.copytree(args.model, model, ignore=shutil.ignore_patterns("checkpoints", "*.png"))
         t0 = time.perf_counter()
         chosen = {k: v for k, v in (("epochs", args.decoder_epochs), ("stride", args.decoder_stride)) if v is not None}
-        train_decoder(model, [args.store], DecoderSettings(**chosen, seed=args.seed, progress=False))
+        train_decoder(model, args.store, DecoderSettings(**chosen, seed=args.seed, progress=False))
         print(f"decoder trained in {time.perf_counter() - t0:.0f} s")
     sim = LatentSpaceSimulator.load(model)
-    store = open_store(args.store)
+    stores = open_stores(args.store)
     top = sim.mdtraj_topology
     n_steps = int(round(args.ns * 1000 / sim.lag_ps))
     t0 = time.perf_counter()
@@ -91,8 +100,10 @@ def main() -> None:
         psi_lss.append(psi[:, 0])
         sample.append(xyz[rng.choice(len(xyz), 2000, replace=False)])
     gen_seconds = time.perf_counter() - t0
-    md_xyz = store.positions()
+    md_parts = [s.positions() for s in stores]
+    md_xyz = np.concatenate(md_parts)
     phi_md, psi_md = backbone_torsions(md_xyz, top)
+    phi_md_parts = np.split(phi_md[:, 0], np.cumsum([len(p) for p in md_parts])[:-1])
     ref = [np.load(Path(args.reference) / f"phi_psi_seed{s}.npy") for s in (101, 202)]
     ref_phi = np.concatenate([r[:, 0] for r in ref])
     ref_psi = np.concatenate([r[:, 1] for r in ref])
@@ -109,7 +120,7 @@ def main() -> None:
     report["ramachandran_js"] = {"lss_vs_reference": js_lss, "training_md_vs_reference": js_md}
     checks.append(("Ramachandran JS ≤ MD's + 0.05", js_lss <= js_md + 0.05, f"LSS {js_lss:.3f}, training MD {js_md:.3f}"))
     kin_ref = passage_times([r[:, 0] for r in ref], 1.0)
-    kin_md = passage_times([phi_md[:, 0]], store.frame_interval_ps)
+    kin_md = passage_times(phi_md_parts, stores[0].frame_interval_ps)
     kin_lss = passage_times(phi_lss, sim.lag_ps)
     report["passage_times"] = {"reference": kin_ref, "training_md": kin_md, "lss": kin_lss}
     for name in ("C7eq->C7ax", "C7ax->C7eq"):

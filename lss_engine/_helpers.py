@@ -32,6 +32,7 @@ __all__ = [
     "fresh_seed",
     "first_line",
     "implied_timescales",
+    "usable_cores",
 ]
 
 _TEMP_NAMES = itertools.count()
@@ -279,7 +280,7 @@ def implied_timescales(eigenvalues: Any, lag: float = 1.0) -> np.ndarray:
 MAX_DEFAULT_THREADS = 4
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))  # the cores this process may run on (Linux)
     except (AttributeError, OSError):
@@ -314,7 +315,7 @@ def configure_threads(threads: int | None = None) -> int:
 
     if threads is None:
         env = os.environ.get("OMP_NUM_THREADS", "").strip()
-        n = int(env) if env.isdigit() and int(env) > 0 else min(MAX_DEFAULT_THREADS, max(1, _usable_cores() // 2))
+        n = int(env) if env.isdigit() and int(env) > 0 else min(MAX_DEFAULT_THREADS, max(1, usable_cores() // 2))
     else:
         n = positive_int(threads, "threads")
     if torch.get_num_threads() != n:

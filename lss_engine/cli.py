@@ -39,6 +39,10 @@ def _add_skip_damaged(parser: argparse.ArgumentParser) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from .settings import DecoderSettings as Dec
+    from .settings import EncoderSettings as Enc
+    from .settings import PropagatorSettings as Prop
+
     parser = _OneLineParser(
         prog="lss",
         description="lss_engine: learn kinetic models from live OpenMM molecular dynamics.",
@@ -104,42 +108,42 @@ def _build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--stages", default="encoder,propagator,decoder",
                     help="comma-separated stages: encoder, propagator, decoder; later stages alone add to an "
                          "existing --out model (default: %(default)s)")
-    tr.add_argument("--encoder", choices=["srv", "vampnet"], default="srv", help="encoder type (default: %(default)s)")
-    tr.add_argument("--lag", default="10ps", help="lag time, e.g. 10ps, or frames as '25frames' (default: %(default)s)")
-    tr.add_argument("--dim", default="2", help="SRV latent dimension ('auto': largest timescale gap) or VAMPNet "
+    tr.add_argument("--encoder", choices=["srv", "vampnet"], default=Enc.kind, help="encoder type (default: %(default)s)")
+    tr.add_argument("--lag", default=Enc.lag, help="lag time, e.g. 10ps, or frames as '25frames' (default: %(default)s)")
+    tr.add_argument("--dim", default=str(Enc.dim), help="SRV latent dimension ('auto': largest timescale gap) or VAMPNet "
                                                "number of states (default: %(default)s)")
     tr.add_argument("--hidden", default=None, help="hidden layer widths, e.g. 100,100 (default: SRV 100,100; "
                                                    "VAMPNet 64,32,16)")
-    tr.add_argument("--epochs", type=int, default=60, help="maximum encoder epochs per restart (default: %(default)s)")
-    tr.add_argument("--pretrain-epochs", type=int, default=0, help="VAMPNet: VAMP-1 epochs before VAMP-2")
-    tr.add_argument("--batch-size", type=int, default=1000, help="pairs per batch (default: %(default)s)")
-    tr.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate (default: %(default)s)")
-    tr.add_argument("--restarts", type=int, default=3, help="independent restarts; the best is kept (default: %(default)s)")
-    tr.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (default: %(default)s)")
-    tr.add_argument("--val-fraction", type=float, default=0.2, help="validation share (default: %(default)s)")
-    tr.add_argument("--val-split", choices=["auto", "blocks", "interleaved", "trajectories"], default="auto",
+    tr.add_argument("--epochs", type=int, default=Enc.epochs, help="maximum encoder epochs per restart (default: %(default)s)")
+    tr.add_argument("--pretrain-epochs", type=int, default=Enc.pretrain_epochs, help="VAMPNet: VAMP-1 epochs before VAMP-2")
+    tr.add_argument("--batch-size", type=int, default=Enc.batch_size, help="pairs per batch (default: %(default)s)")
+    tr.add_argument("--lr", type=float, default=Enc.lr, help="Adam learning rate (default: %(default)s)")
+    tr.add_argument("--restarts", type=int, default=Enc.restarts, help="independent restarts; the best is kept (default: %(default)s)")
+    tr.add_argument("--patience", type=int, default=Enc.patience, help="early-stopping patience in epochs (default: %(default)s)")
+    tr.add_argument("--val-fraction", type=float, default=Enc.val_fraction, help="validation share (default: %(default)s)")
+    tr.add_argument("--val-split", choices=["auto", "blocks", "interleaved", "trajectories"], default=Enc.val_split,
                     help="how the encoder's and propagator's validation part is chosen: auto (whole trajectories "
                          "when there are 5 or more, else random blocks), interleaved (every 5th of 100 blocks: a "
                          "rarely visited state lands in both parts) (default: %(default)s)")
-    tr.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    tr.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda")
+    tr.add_argument("--seed", type=int, default=Enc.seed, help="random seed (default: %(default)s)")
+    tr.add_argument("--device", default=Enc.device, help="auto (GPU when present), cpu, cuda")
     tr.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch CPU threads (default: OMP_NUM_THREADS if set, else half the cores, 1 to 4: "
                         "stays fast when other processes share the cores)")
-    tr.add_argument("--propagator", choices=["mdn", "lstm"], default="mdn",
+    tr.add_argument("--propagator", choices=["mdn", "lstm"], default=Prop.kind,
                     help="latent propagator: mdn (mixture density network on the SRV latent space) or lstm "
                          "(language model on the binned first slow coordinate) (default: %(default)s)")
     tr.add_argument("--propagator-lag", default=None, help="propagator time step (default: the encoder's lag)")
-    tr.add_argument("--components", type=int, default=24, help="MDN mixture components (default: %(default)s)")
-    tr.add_argument("--mdn-transform", choices=["quantile", "standard"], default="quantile",
+    tr.add_argument("--components", type=int, default=Prop.n_components, help="MDN mixture components (default: %(default)s)")
+    tr.add_argument("--mdn-transform", choices=["quantile", "standard"], default=Prop.transform,
                     help="coordinates the MDN works in: quantile (marginal Gaussianisation; suits latent "
                          "coordinates with sharp edges and gaps) or standard scores (default: %(default)s)")
-    tr.add_argument("--labels", type=int, default=32, help="LSTM: number of bins/labels (default: %(default)s)")
-    tr.add_argument("--propagator-epochs", type=int, default=100, help="propagator epochs (default: %(default)s)")
-    tr.add_argument("--decoder-epochs", type=int, default=60, help="decoder (cWGAN) epochs (default: %(default)s)")
-    tr.add_argument("--decoder-stride", type=int, default=1,
+    tr.add_argument("--labels", type=int, default=Prop.n_labels, help="LSTM: number of bins/labels (default: %(default)s)")
+    tr.add_argument("--propagator-epochs", type=int, default=Prop.epochs, help="propagator epochs (default: %(default)s)")
+    tr.add_argument("--decoder-epochs", type=int, default=Dec.epochs, help="decoder (cWGAN) epochs (default: %(default)s)")
+    tr.add_argument("--decoder-stride", type=int, default=Dec.stride,
                     help="train the decoder on every n-th frame (default: %(default)s)")
-    tr.add_argument("--decoder-alignment", choices=["auto", "kabsch", "none"], default="auto",
+    tr.add_argument("--decoder-alignment", choices=["auto", "kabsch", "none"], default=Dec.alignment,
                     help="superpose the decoder's training frames (kabsch) or keep absolute positions (none); "
                          "auto: none for fewer than 3 saved atoms or particles without bonds or standard "
                          "residues (toy potentials), kabsch for molecules (default: %(default)s)")

@@ -493,9 +493,9 @@ def run_md_walkers(
             raise LssError(f"cannot resume: no checkpoint {', '.join(missing)}")
     else:
         claim_outputs(stores, overwrite=overwrite)
-    from .outputs import _cores
+    from ._helpers import usable_cores
 
-    n_procs = max(1, min(n_walkers, _cores() if processes is None else int(processes)))
+    n_procs = max(1, min(n_walkers, usable_cores() if processes is None else int(processes)))
     kwargs = dict(steps=total_steps, report_interval=interval, featurizer=featurizer, atoms=atoms,
                   platform=platform, resume=resume, overwrite=overwrite, equilibrate=equilibrate,
                   flush_interval=flush_interval)

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ._helpers import usable_cores
 from .errors import LssError, OutputExistsError, StoreError
 
 __all__ = ["WalkerFrames", "claim_outputs", "walker_paths", "write_walkers"]
@@ -132,10 +133,6 @@ def claim_outputs(paths: Sequence[str | os.PathLike], *, overwrite: bool = False
     return existing
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def write_walkers(
     out: str | os.PathLike | Sequence[str | os.PathLike],
     n_walkers: int,
@@ -200,8 +197,8 @@ def write_walkers(
             raise LssError(f"{len(paths)} store paths for {n_walkers} walkers")
     claim_outputs(paths, overwrite=overwrite, directory=folder)
     layout = dict(layout)
-    all_threads = max(1, min(_MAX_WRITE_THREADS, _cores())) if threads is None else max(1, int(threads))
-    io_threads = max(1, min(all_threads, _cores() - 1)) if overlap and threads is None else all_threads
+    all_threads = max(1, min(_MAX_WRITE_THREADS, usable_cores())) if threads is None else max(1, int(threads))
+    io_threads = max(1, min(all_threads, usable_cores() - 1)) if overlap and threads is None else all_threads
     io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lss-walker-io")
 
     def later(fn, *args, **kwargs) -> Future:

@@ -12,10 +12,10 @@ from lss_engine.errors import LssError
 
 PROBE = (
     "import json, os, torch\n"
-    "from lss_engine._helpers import configure_threads, _usable_cores\n"
+    "from lss_engine._helpers import configure_threads, usable_cores\n"
     "arg = json.loads(os.environ['PROBE_ARG'])\n"
     "n = configure_threads(arg)\n"
-    "print(json.dumps([n, torch.get_num_threads(), torch.get_num_interop_threads(), _usable_cores()]))\n"
+    "print(json.dumps([n, torch.get_num_threads(), torch.get_num_interop_threads(), usable_cores()]))\n"
 )
 
 
