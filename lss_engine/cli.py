@@ -123,8 +123,9 @@ def _build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--val-fraction", type=float, default=Enc.val_fraction, help="validation share (default: %(default)s)")
     tr.add_argument("--val-split", choices=["auto", "blocks", "interleaved", "trajectories"], default=Enc.val_split,
                     help="how the encoder's and propagator's validation part is chosen: auto (whole trajectories "
-                         "when there are 5 or more, else random blocks), interleaved (every 5th of 100 blocks: a "
-                         "rarely visited state lands in both parts) (default: %(default)s)")
+                         "when there are 5 or more, else interleaved), interleaved (every 5th of 100 blocks: a "
+                         "rarely visited state lands in both parts), blocks (10 blocks at random) "
+                         "(default: %(default)s)")
     tr.add_argument("--seed", type=int, default=Enc.seed, help="random seed (default: %(default)s)")
     tr.add_argument("--device", default=Enc.device, help="auto (GPU when present), cpu, cuda")
     tr.add_argument("--threads", type=int, default=None, metavar="N",
@@ -486,9 +487,7 @@ DEMO_SIMULATE = ["--system", "alanine-dipeptide", "--temperature", "450", "--rep
                  "--features", "backbone-torsions,heavy-atom-distances", "--save-atoms", "heavy",
                  "--equilibrate", "100ps"]
 DEMO_TRAIN = ["--lag", "10ps", "--dim", "2", "--epochs", "30", "--restarts", "1", "--components", "24",
-              "--propagator-epochs", "40", "--decoder-epochs", "60",
-              # 20 ns hold a handful of C7eq -> C7ax transitions: evenly spaced validation blocks keep them in both parts
-              "--val-split", "interleaved"]
+              "--propagator-epochs", "40", "--decoder-epochs", "60"]
 #: the long-MD reference the demo's closing lines compare with (package data; the trajectories are not shipped)
 DEMO_REFERENCE = "ala2_450K_reference.json"
 

@@ -162,7 +162,7 @@ class EncoderModule(nn.Module):
         self.standardize = copy.deepcopy(model.standardize)
         self.lobe = copy.deepcopy(model.lobe)
         self.is_srv = kind == "srv"
-        self.dtype = model.reference().dtype
+        self.dtype = model.reference_tensor().dtype
         if self.is_srv:
             model._check_whitened()
             d = model._dim(dim)

@@ -22,14 +22,15 @@ class TrainingRunSettings:
     device: str = "auto"  # GPU when present
     progress: bool = True
     threads: int | None = None  # torch CPU threads; None: lss_engine._helpers.configure_threads' default
-    # training/validation split: "auto" (whole trajectories when there are 5 or more, else random blocks),
-    # "blocks", "interleaved" (evenly spaced blocks: a rare slow process lands in both parts) or "trajectories"
+    # training/validation split: "auto" (whole trajectories when there are 5 or more, else interleaved blocks),
+    # "interleaved" (every 5th of 100 blocks: a rarely visited state lands in both parts), "blocks" (random
+    # blocks: a slow process can be missing from validation, which then stops training early) or "trajectories"
     val_split: str = "auto"
 
     def split_mode(self, n_trajectories: int) -> str:
         """How :meth:`lss_engine.data.TimeLaggedDataset.split` divides ``n_trajectories`` trajectories."""
         if self.val_split == "auto":
-            return "trajectories" if n_trajectories >= 5 else "blocks"
+            return "trajectories" if n_trajectories >= 5 else "interleaved"
         if self.val_split not in ("blocks", "interleaved", "trajectories"):
             raise LssError(f"--val-split must be auto, blocks, interleaved or trajectories, got {self.val_split!r}")
         return self.val_split

@@ -137,6 +137,8 @@ def test_damaged_store_in_every_store_command(corpus, case, capsys, tmp_path):
                                "--hidden", "8", "--stages", "encoder", "--no-progress"])
     _one_line_failure(capsys, ["generate", corpus["model"], "--start", f"{store}:0", "--steps", "2",
                                "--out", tmp_path / "g.zarr", "--no-progress"])
+    _one_line_failure(capsys, ["simulate", "--system", "alanine-dipeptide", "--ns", "0.001", "--out", store,
+                               "--resume", "--no-progress"])
     if case in ("deleted_chunk", "garbled_chunk"):
         assert "backbone_torsions/value: frames 0-" in err
 

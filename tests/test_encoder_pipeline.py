@@ -30,7 +30,14 @@ def double_well_store(tmp_path_factory):
 
 
 def test_vampnet_timescale_matches_fine_grid_msm(double_well_store, tmp_path):
-    """Acceptance (issue 3): 5-state VAMPNet slowest ITS within 10 % of a 100-bin MSM, same data and lag."""
+    """Acceptance (issue 3): 5-state VAMPNet slowest ITS within 10 % of a 100-bin MSM, same data and lag.
+
+    Pinned to the split and seed of that acceptance (10 random blocks, seed 0).
+    This training is seed-sensitive (measured in issue 10, same data: ratios
+    0.31-0.76 over six seeds with interleaved blocks at lr 1e-3, 0.80-0.96 at
+    lr 5e-3), so this is a regression check of one configuration, not a
+    statement that every seed reaches 10 %.
+    """
     x = double_well_store.features()[:, 0]
     lag = 20
     edges = np.linspace(x.min(), x.max(), 101)
@@ -38,7 +45,7 @@ def test_vampnet_timescale_matches_fine_grid_msm(double_well_store, tmp_path):
     msm = kinetics.estimate_msm([dtraj], lag, dt=double_well_store.frame_interval_ps, n_states=100)
     t_msm = msm.timescales(1)[0]
     settings = EncoderSettings(kind="vampnet", lag=lag, dim=5, hidden=(32, 32), epochs=200, lr=1e-3,
-                               batch_size=500, patience=30, restarts=2, seed=0, progress=False)
+                               batch_size=500, patience=30, restarts=2, seed=0, progress=False, val_split="blocks")
     encoder = train_encoder([double_well_store], settings, tmp_path / "vn", analyze=False)
     t_net = encoder.extra["implied_timescales_ps"][0]
     assert abs(t_net / t_msm - 1) <= 0.10, (t_net, t_msm)

@@ -1,12 +1,13 @@
 r"""What the networks share: config round trip, reference tensor, chunked scoring, standardisation.
 
-:class:`Network` is the small base class of the package's networks:
+:class:`Network` is the small base class of every network of the package
+(VAMPNet, SRV, MDN, LSTM, cWGAN):
 
 * ``config()`` returns the constructor arguments as JSON values and
   ``from_config(config)`` rebuilds an untrained network from them (weights
   come from ``load_state_dict``), so that ``cls.from_config(json.loads(json.dumps(m.config())))``
   has the same architecture as ``m``;
-* :meth:`Network.reference` is the tensor whose dtype and device inputs are cast to;
+* :meth:`Network.reference_tensor` is the tensor whose dtype and device inputs are cast to;
 * :meth:`Network.map_chunks` evaluates a function of frames over a big
   array chunk by chunk (eval mode, no gradients) into one float64 array.
 
@@ -57,7 +58,7 @@ class Network(nn.Module):
         """A fresh network from :meth:`config`'s output (load weights with ``load_state_dict``)."""
         return model_from_config(cls, config)
 
-    def reference(self) -> Tensor:
+    def reference_tensor(self) -> Tensor:
         """A tensor with the dtype and device of the network's parameters (inputs are cast to it)."""
         for p in self.parameters():
             return p
@@ -68,7 +69,7 @@ class Network(nn.Module):
 
     # the name the lobe models used before the base class existed
     def _ref(self) -> Tensor:
-        return self.reference()
+        return self.reference_tensor()
 
     def map_chunks(self, fn: Callable[[Tensor], Tensor], x: Any, n_out: int,
                    chunk_size: int = EVAL_CHUNK) -> np.ndarray:
@@ -77,7 +78,7 @@ class Network(nn.Module):
         Evaluated in eval mode without gradients; each chunk is cast to the
         dtype and device of :meth:`reference` first.
         """
-        ref = self.reference()
+        ref = self.reference_tensor()
         with evaluating(self):
             parts = [fn(as_input(chunk, ref)).to(torch.float64).cpu().numpy() for chunk in iter_frames(x, chunk_size)]
         return np.concatenate(parts) if parts else np.zeros((0, n_out))
@@ -160,7 +161,7 @@ class LobeNetwork(Network):
 
     def forward_pair(self, x0: Tensor, xt: Tensor) -> tuple[Tensor, Tensor]:
         """Outputs of both frames of pairs; one forward pass of ``[x0; xt]`` when the lobes are shared."""
-        ref = self.reference()
+        ref = self.reference_tensor()
         x0, xt = self.standardize(as_input(x0, ref)), self.standardize(as_input(xt, ref))
         if self.lobe_t is None:
             both = self.lobe(torch.cat((x0, xt)))
@@ -169,7 +170,7 @@ class LobeNetwork(Network):
 
     def _accumulate(self, data: Any, chunk_size: int) -> CovarianceAccumulator:
         """Float64 covariances of the outputs of all pairs of ``data`` (call inside :func:`evaluating`)."""
-        acc = CovarianceAccumulator(self.reference().device)
+        acc = CovarianceAccumulator(self.reference_tensor().device)
         for x0, xt in iter_pairs(data, chunk_size):
             acc.update(*self.forward_pair(x0, xt))
         return acc

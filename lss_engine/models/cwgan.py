@@ -99,7 +99,8 @@ from torch import nn
 from .._helpers import fresh_seed, positive_float as _positive, positive_int as _whole
 from ..errors import LssError, NonFiniteError
 from ..features import geometry
-from .mlp import EVAL_CHUNK, as_input, dtype_name, evaluating, make_mlp, model_from_config, parse_dtype
+from .base import Network
+from .mlp import EVAL_CHUNK, as_input, dtype_name, evaluating, make_mlp, parse_dtype
 
 __all__ = ["CWGANDecoder", "binned_distance_w1", "select_critic_pairs", "torsion_sin_cos"]
 
@@ -225,7 +226,7 @@ def _as_pairs(data: Any) -> tuple[Any, Any]:
     raise LssError(f"expected a DecoderDataset or a tuple (latent, coords), got {type(data).__name__}")
 
 
-class CWGANDecoder(nn.Module):
+class CWGANDecoder(Network):
     r"""Conditional WGAN-GP decoder :math:`\psi \mapsto x` (see the module docs).
 
     Parameters
@@ -377,12 +378,6 @@ class CWGANDecoder(nn.Module):
             "critic_torsions": [list(t) for t in self.critic_torsions],
             "ema_decay": self.ema_decay, "alignment": self.alignment, "dtype": dtype_name(self.latent_shift.dtype),
         }
-
-    @classmethod
-    def from_config(cls, config: dict) -> "CWGANDecoder":
-        """Rebuild from :meth:`config` (a config without the critic-feature and averaging keys,
-        written before they existed, means neither)."""
-        return model_from_config(cls, config)
 
     # -- normalisation ---------------------------------------------------------------
     def fit_normalization(self, data: Any) -> "CWGANDecoder":

@@ -45,7 +45,8 @@ from torch import nn
 
 from .._helpers import positive_int
 from ..errors import LssError
-from .mlp import model_from_config, dtype_name, evaluating, parse_dtype
+from .base import Network
+from .mlp import dtype_name, evaluating, parse_dtype
 
 __all__ = ["LSTMLanguageModel", "embedding_transition_matrix", "kinetic_distance"]
 
@@ -57,7 +58,7 @@ _RNG_BLOCK = 1024
 SeedLike = Union[int, np.random.SeedSequence, Sequence[Union[int, np.random.SeedSequence]], None]
 
 
-class LSTMLanguageModel(nn.Module):
+class LSTMLanguageModel(Network):
     r"""Embedding → LSTM → dense → softmax over ``n_labels`` (the LSTM paper's language model).
 
     Parameters
@@ -104,15 +105,15 @@ class LSTMLanguageModel(nn.Module):
         self.to(parse_dtype(dtype))
 
     # -- network ---------------------------------------------------------------------------
-    @property
-    def _ref(self) -> torch.Tensor:
+    def reference_tensor(self) -> torch.Tensor:
+        """The output layer's weight: its dtype and device are the model's."""
         return self.output.weight
 
     def _tokens(self, tokens: Any) -> torch.Tensor:
         t = tokens if isinstance(tokens, torch.Tensor) else torch.as_tensor(np.asarray(tokens))
         if t.dtype in (torch.float16, torch.float32, torch.float64, torch.bool) or t.is_complex():
             raise LssError(f"labels must be integers, got {t.dtype}")
-        t = t.to(device=self._ref.device, dtype=torch.int64)
+        t = t.to(device=self.reference_tensor().device, dtype=torch.int64)
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.n_labels):
             raise LssError(f"labels must lie in 0..{self.n_labels - 1}, got {int(t.min())}..{int(t.max())}")
         return t
@@ -183,12 +184,7 @@ class LSTMLanguageModel(nn.Module):
     def config(self) -> dict[str, Any]:
         """Constructor arguments as JSON-compatible values (``dtype``: the current parameters')."""
         return {"n_labels": self.n_labels, "embedding_dim": self.embedding_dim, "hidden": self.hidden,
-                "layers": self.layers, "dropout": self.dropout, "dtype": dtype_name(self._ref.dtype)}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "LSTMLanguageModel":
-        """A fresh model from :meth:`config`'s output (load weights with ``load_state_dict``)."""
-        return model_from_config(cls, config)
+                "layers": self.layers, "dropout": self.dropout, "dtype": dtype_name(self.reference_tensor().dtype)}
 
     # -- sampling ----------------------------------------------------------------------------
     @property
@@ -248,7 +244,7 @@ class LSTMLanguageModel(nn.Module):
             raise LssError(f"temperature must be a finite number >= 0, got {temperature!r}")
         prefix, n_sequences = self._start_prefix(start, n_sequences)
         streams = _streams(seed, n_sequences)
-        home = self._ref.device
+        home = self.reference_tensor().device
         device = home if device is None else torch.device(device)
         threads = torch.get_num_threads()
         if num_threads is not None:
@@ -291,7 +287,7 @@ class LSTMLanguageModel(nn.Module):
     def _generate(self, n_steps: int, n_seq: int, prefix: np.ndarray | None, temperature: float,
                   streams: list[np.random.Generator], device: torch.device) -> np.ndarray:
         block = min(_RNG_BLOCK, n_steps)
-        dtype = self._ref.dtype
+        dtype = self.reference_tensor().dtype
 
         def draw(k: int) -> torch.Tensor:  # (S, k) uniforms, each sequence from its own stream, in order
             u = np.empty((n_seq, k))

@@ -80,7 +80,8 @@ from torch.nn import functional as F
 
 from .._helpers import fresh_seed, positive_int, resolve_device
 from ..errors import LssError, NonFiniteError
-from .mlp import model_from_config, EVAL_CHUNK, as_input, dtype_name, evaluating, iter_pairs, make_mlp, parse_dtype
+from .base import Network
+from .mlp import EVAL_CHUNK, as_input, dtype_name, evaluating, iter_pairs, make_mlp, parse_dtype
 
 __all__ = ["MDNPropagator", "MDNSampler", "mixture_log_prob"]
 
@@ -191,7 +192,7 @@ def _piecewise_linear(x: torch.Tensor, knots_in: torch.Tensor, knots_out: torch.
     return (gradient if slope else z0 + (xt - x0) * gradient).t()
 
 
-class MDNPropagator(nn.Module):
+class MDNPropagator(Network):
     r"""Mixture density network for :math:`p_\tau(\psi_{t+\tau} \mid \psi_t)` (see the module docs).
 
     Parameters
@@ -291,7 +292,8 @@ class MDNPropagator(nn.Module):
             self.register_buffer("knots_x", z.clone())
 
     # -- normalisation -------------------------------------------------------
-    def _ref(self) -> torch.Tensor:
+    def reference_tensor(self) -> torch.Tensor:
+        """The normalisation scale: its dtype and device are the model's."""
         return self.norm_scale
 
     def fit_normalization(self, data: Any) -> "MDNPropagator":
@@ -501,11 +503,6 @@ class MDNPropagator(nn.Module):
             "n_knots": self.n_knots,
             "linear_weight": self.linear_weight,
         }
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "MDNPropagator":
-        """A fresh network from :meth:`config`'s output (load weights and normalisation with ``load_state_dict``)."""
-        return model_from_config(cls, config)
 
     # -- generation --------------------------------------------------------------
     def sampler(
