@@ -146,8 +146,9 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="train the decoder on every n-th frame (default: %(default)s)")
     tr.add_argument("--decoder-alignment", choices=["auto", "kabsch", "none"], default=Dec.alignment,
                     help="superpose the decoder's training frames (kabsch) or keep absolute positions (none); "
-                         "auto: none for fewer than 3 saved atoms or particles without bonds or standard "
-                         "residues (toy potentials), kabsch for molecules (default: %(default)s)")
+                         "auto: none for fewer than 3 saved atoms, systems with external forces (fields, "
+                         "restraints, toy potentials) or particles without bonds or standard residues, kabsch "
+                         "for molecules (default: %(default)s)")
     tr.add_argument("--no-validation", action="store_true", help="skip the MD-vs-LSS validation report")
     tr.add_argument("--out", required=True, metavar="MODEL_DIR", help="output model directory")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")

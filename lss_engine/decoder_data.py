@@ -29,7 +29,7 @@ structure").
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Sequence, Iterator
 
 import numpy as np
 import torch
@@ -48,7 +48,8 @@ Batch = tuple[torch.Tensor, torch.Tensor]  # (latent, coords)
 _ALIGN_CHUNK = 1 << 15
 
 
-def choose_alignment(n_atoms: int, topology: Any = None, requested: str = "auto") -> str:
+def choose_alignment(n_atoms: int, topology: Any = None, requested: str = "auto",
+                     external_forces: Sequence[str] | None = None) -> str:
     """The alignment of decoder training frames: ``"kabsch"`` or ``"none"``.
 
     ``requested`` ``"kabsch"`` or ``"none"`` is returned as is (``"kabsch"``
@@ -56,6 +57,9 @@ def choose_alignment(n_atoms: int, topology: Any = None, requested: str = "auto"
 
     * ``"none"`` for fewer than 3 atoms (a rotation is not defined by them, and
       a lone particle's position *is* its state);
+    * ``"none"`` when the system has forces on absolute positions
+      (``external_forces``, as a store records them: a field, a toy
+      potential, positional restraints), whose frame is then meaningful;
     * ``"none"`` when ``topology`` (mdtraj or OpenMM, of the saved atoms) has
       no bond and no protein, nucleic-acid or water residue: free particles
       in an external potential (the toy systems), whose absolute positions
@@ -71,7 +75,7 @@ def choose_alignment(n_atoms: int, topology: Any = None, requested: str = "auto"
         raise LssError(f"Kabsch alignment needs at least 3 saved atoms, got {n_atoms}; use alignment 'none'")
     if mode != "auto":
         return mode
-    if n_atoms < 3:
+    if n_atoms < 3 or external_forces:
         return "none"
     if topology is None:
         return "kabsch"

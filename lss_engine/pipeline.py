@@ -376,7 +376,7 @@ def train_decoder(model_dir: str | os.PathLike, stores: Sequence[Any], settings:
     stride = max(1, int(settings.stride))
     latent = np.concatenate([encoder.latent(s.features(stride=stride)) for s in stores]).astype(np.float32)
     positions = np.concatenate([s.positions(stride=stride) for s in stores]).astype(np.float32)
-    alignment = choose_alignment(positions.shape[1], stores[0].topology, settings.alignment)
+    alignment = choose_alignment(positions.shape[1], stores[0].topology, settings.alignment, stores[0].external_forces)
     data = DecoderDataset(latent, positions, alignment=alignment)
     train, val = data.split(settings.val_fraction, seed=settings.seed)
     n_latent, n_atoms = latent.shape[1], positions.shape[1]
@@ -531,7 +531,7 @@ def check_stages(stores: Sequence[Any], stages: Sequence[str], out: str | os.Pat
         atoms = [list(map(int, s.atom_indices)) for s in stores]
         if any(a != atoms[0] for a in atoms):
             raise LssError("the stores save different atoms; a decoder needs the same atoms in every store")
-        choose_alignment(len(atoms[0]), stores[0].topology, decoder.alignment)
+        choose_alignment(len(atoms[0]), stores[0].topology, decoder.alignment, stores[0].external_forces)
         stride = max(1, int(decoder.stride))
         n_frames = sum(-(-n // stride) for n in lengths)
         if n_frames < 4:  # DecoderDataset.split gives both sides frames from 4 frames on

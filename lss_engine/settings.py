@@ -117,8 +117,9 @@ class DecoderSettings(TrainingRunSettings):
     ``alignment`` (:func:`lss_engine.decoder_data.choose_alignment`):
     ``"auto"`` superposes molecules (Kabsch onto the mean structure, the
     paper's choice) and keeps the absolute positions of fewer than 3 saved
-    atoms or of particles that are no molecule (no bonds, no standard
-    residue: the toy potentials); ``"kabsch"`` or ``"none"`` force the choice.
+    atoms, of systems with forces on absolute positions (the store records
+    ``CustomExternalForce``: fields, toy potentials, positional restraints) or
+    of particles that are no molecule (no bonds, no standard residue); ``"kabsch"`` or ``"none"`` force the choice.
     The choice is recorded in the decoder stage's metadata and config.
     """
 

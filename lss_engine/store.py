@@ -237,6 +237,7 @@ def _build_layout(
     chunk_frames: int | None = None,
     provenance: dict | None = None,
     observables: Sequence[FeatureBlock] = (),
+    external_forces: Sequence[str] | None = None,
 ) -> None:
     """Make an empty store of the given layout in the new directory ``directory`` (with zarr)."""
     import zarr
@@ -286,6 +287,7 @@ def _build_layout(
             "atom_indices": indices.tolist(),
             "n_atoms_system": int(n_system),
             "periodic": bool(periodic),
+            "external_forces": None if external_forces is None else sorted(str(f) for f in external_forces),
             "provenance": provenance or _provenance(),
         },
     )
@@ -711,6 +713,11 @@ class StoreWriter(MultiStoreWriter):
             Further observables not produced by a featurizer (e.g. the latent
             coordinates of a synthetic trajectory); with no topology, a store
             holds observables only.
+        external_forces
+            Names of the system's forces that act on absolute positions
+            (``CustomExternalForce``: toy potentials, fields, positional
+            restraints), ``[]`` for none, ``None`` when unknown; the decoder
+            keeps absolute positions when there are any.
         chunk_bytes, chunk_frames
             Uncompressed bytes per chunk (about), or frames per chunk of every
             array when ``chunk_frames`` is given.
@@ -991,6 +998,12 @@ class TrajectoryStore:
     @property
     def periodic(self) -> bool:
         return bool(self._params.get("periodic", False))
+
+    @property
+    def external_forces(self) -> list[str] | None:
+        """Forces of the simulated system that act on absolute positions (``None``: not recorded)."""
+        value = self._params.get("external_forces")
+        return None if value is None else [str(v) for v in value]
 
     @property
     def observable_names(self) -> list[str]:

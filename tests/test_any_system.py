@@ -117,3 +117,30 @@ def test_one_particle_potential_end_to_end(tmp_path, capsys):
     md = open_store(store).positions()
     # absolute positions: the decoded particle stays in the region the MD visited (no superposition moved it)
     assert (np.abs(xyz[:, 0, :2]) < np.abs(md[:, 0, :2]).max() + 2.0).all()
+
+
+def test_stores_record_forces_on_absolute_positions_and_the_decoder_keeps_them(ala2_store, tmp_path):
+    """A molecule in an external field: its frame carries information, so ``auto`` keeps absolute positions."""
+    import openmm
+
+    from lss_engine.decoder_data import choose_alignment
+    from lss_engine.reporters import ZarrReporter
+    from lss_engine.store import open_store
+    from lss_engine.systems import get_system
+
+    plain = open_store(ala2_store)
+    assert plain.external_forces == []
+    assert choose_alignment(10, plain.topology, "auto", plain.external_forces) == "kabsch"
+    test_system = get_system("alanine-dipeptide", temperature=450.0)
+    field = openmm.CustomExternalForce("0.5*z")  # a weak uniform field along z, kJ/mol/nm
+    for i in range(test_system.system.getNumParticles()):
+        field.addParticle(i, [])
+    test_system.system.addForce(field)
+    sim = test_system.make_simulation(platform="Reference", seed=2)
+    path = tmp_path / "field.zarr"
+    with ZarrReporter(path, 10, featurizer="backbone-torsions", atoms="heavy") as rep:
+        sim.reporters.append(rep)
+        sim.step(50)
+    store = open_store(path)
+    assert store.external_forces == ["CustomExternalForce"]
+    assert choose_alignment(10, store.topology, "auto", store.external_forces) == "none"

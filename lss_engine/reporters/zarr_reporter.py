@@ -43,6 +43,14 @@ def _close_open_reporters() -> None:
             print(f"lss_engine: could not flush {reporter.path} at exit: {exc!r}", file=sys.stderr)
 
 
+def _external_forces(system) -> list[str]:
+    """Names of ``system``'s forces that act on absolute positions (``CustomExternalForce`` with particles)."""
+    import openmm
+
+    return sorted({type(f).__name__ for f in system.getForces()
+                   if isinstance(f, openmm.CustomExternalForce) and f.getNumParticles() > 0})
+
+
 class ZarrReporter:
     """OpenMM reporter that streams featurized frames into a zarr trajectory store.
 
@@ -197,6 +205,7 @@ class ZarrReporter:
                 periodic=periodic,
                 overwrite=self._overwrite,
                 provenance=provenance(seed=self._seed, reporter="ZarrReporter"),
+                external_forces=_external_forces(simulation.system),
             )
         self._writer = writer
         self._pos = np.empty((self._flush_interval, n_atoms, 3), dtype=np.float32)
