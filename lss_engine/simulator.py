@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ._helpers import derive_seed, fresh_seed
+from ._helpers import atomic_write_bytes, derive_seed, fresh_seed
 from .bundle import ModelBundle
 from .encoder import Encoder
 from .errors import LssError
@@ -383,7 +383,9 @@ class LatentSpaceSimulator:
         if n_steps < 1 or n_walkers < 1 or report_interval < 1:
             raise LssError("n_steps, n_walkers and report_interval must be positive")
         paths = walker_paths(out, n_walkers, directory=False)
-        claim_outputs(paths, overwrite=overwrite)  # refused unless overwrite; then only stores/files are replaced
+        top_path = out.with_name(f"{out.stem}_topology.pdb")
+        written = paths + ([top_path] if suffix not in (".zarr", ".pdb") else [])
+        claim_outputs(written, overwrite=overwrite)  # refused unless overwrite; then only stores/files are replaced
         out.parent.mkdir(parents=True, exist_ok=True)
         chunk = min(int(chunk_steps), n_steps + report_interval - 1)  # a short run makes one short chunk
         chunk = max(report_interval, (chunk // report_interval) * report_interval)
@@ -394,7 +396,7 @@ class LatentSpaceSimulator:
             if suffix == ".zarr":
                 self._generate_stores(stream, paths, n_steps, report_interval, chunk, overwrite, bar)
             else:
-                self._generate_files(stream, paths, out.with_name(f"{out.stem}_topology.pdb"), suffix, n_steps,
+                self._generate_files(stream, paths, top_path, suffix, n_steps,
                                      report_interval, chunk, bar)
         finally:
             bar.close()
@@ -408,7 +410,7 @@ class LatentSpaceSimulator:
 
         topology = self.topology
         if suffix != ".pdb":
-            top_path.write_text(self.topology_pdb)
+            atomic_write_bytes(top_path, self.topology_pdb.encode())
         sims = []
         for w, path in enumerate(paths):
             sim = LatentSimulation(topology, stream.source(w), self.lag_ps)
