@@ -2,7 +2,8 @@
 
 Takes a model directory with an SRV encoder and an MDN propagator trained on
 the MD store (e.g. ``benchmarks/acceptance_mdn_ala2.py``'s ``--workdir``/model),
-adds the cWGAN decoder (``pipeline.train_decoder``) unless it has one, runs
+adds the cWGAN decoder (``pipeline.train_decoder``) unless it has one (or
+``--retrain-decoder``), runs
 ``--walkers`` synthetic trajectories of ``--ns`` each, decodes every frame,
 and compares with MD:
 
@@ -63,6 +64,8 @@ def main() -> None:
     parser.add_argument("--decoder-epochs", type=int, default=None, help="default: DecoderSettings'")
     parser.add_argument("--decoder-stride", type=int, default=None, help="default: DecoderSettings'")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--retrain-decoder", action="store_true",
+                        help="train a new decoder even when --model has one (e.g. one from lss train)")
     args = parser.parse_args()
 
     import torch
@@ -81,6 +84,7 @@ def main() -> None:
         if model.exists():
             shutil.rmtree(model)
         shutil.copytree(args.model, model, ignore=shutil.ignore_patterns("checkpoints", "*.png"))
+    if not (model / "decoder.safetensors").exists() or args.retrain_decoder:
         t0 = time.perf_counter()
         chosen = {k: v for k, v in (("epochs", args.decoder_epochs), ("stride", args.decoder_stride)) if v is not None}
         train_decoder(model, args.store, DecoderSettings(**chosen, seed=args.seed, progress=False))
