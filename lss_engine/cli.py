@@ -340,11 +340,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     stores = open_stores(args.stores)
     infos = [store.info() for store in stores]
-    damaged = sum(bool(info["missing_chunks"]) for info in infos)
     if args.verify:
         for store, info in zip(stores, infos):
             info["damage"] = [str(d) for d in store.verify(progress=not args.json)]
-            damaged += bool(info["damage"]) and not info["missing_chunks"]
+    damaged = sum(bool(info["missing_chunks"] or info.get("damage")) for info in infos)
     if args.json:
         print(json.dumps(infos if len(infos) > 1 else infos[0], indent=2))
     else:

@@ -416,16 +416,12 @@ def run_md_walkers(
     steps: Any,
     report_interval: Any,
     system_kwargs: dict | None = None,
-    featurizer: Any = "auto",
-    atoms: Any = None,
-    platform: str = "auto",
     seed: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
-    equilibrate: Any = 0,
-    flush_interval: int = 100,
     processes: int | None = None,
     progress: bool = True,
+    **options: Any,
 ) -> list[MDResult]:
     """:func:`run_md` of ``n_walkers`` independent walkers of a test system, each in its own process.
 
@@ -446,8 +442,11 @@ def run_md_walkers(
         Walkers run at once (default: one per usable core, at most ``n_walkers``).
     progress
         One progress bar over all walkers (frames committed).
-    steps, report_interval, featurizer, atoms, platform, resume, overwrite, equilibrate, flush_interval
-        As :func:`run_md`, for every walker.
+    steps, report_interval, seed, resume, overwrite
+        As :func:`run_md`, for every walker (walker ``k`` gets ``seed + k``).
+    options
+        The other keywords of :class:`MDRun` (``featurizer``, ``atoms``,
+        ``platform``, ``equilibrate``, ``flush_interval``), for every walker.
 
     Returns
     -------
@@ -496,9 +495,7 @@ def run_md_walkers(
     from ._helpers import usable_cores
 
     n_procs = max(1, min(n_walkers, usable_cores() if processes is None else int(processes)))
-    kwargs = dict(steps=total_steps, report_interval=interval, featurizer=featurizer, atoms=atoms,
-                  platform=platform, resume=resume, overwrite=overwrite, equilibrate=equilibrate,
-                  flush_interval=flush_interval)
+    kwargs = dict(options, steps=total_steps, report_interval=interval, resume=resume, overwrite=overwrite)
     ctx = multiprocessing.get_context("spawn")
     results_queue = ctx.Queue()
     pending = list(range(n_walkers))

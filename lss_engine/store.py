@@ -424,6 +424,9 @@ class _ArrayLayout:
     chunk_key: Any  # chunk index -> key of the chunk file relative to the store
     encode: Any  # whole chunk -> bytes
     shared: bool  # step and time: the same frames in every store
+    chunk: int  # frames per chunk
+    frame: tuple  # shape of one buffered frame (with the store axis for many stores' own data)
+    dtype: Any
 
 
 class MultiStoreWriter(_FrameBuffer):
@@ -455,55 +458,62 @@ class MultiStoreWriter(_FrameBuffer):
     def __init__(
         self,
         paths: Sequence[Path],
-        layout: Path,
+        layout: "TrajectoryStore",
         threads: int,
         *,
-        n_frames: int = 0,
         durable: bool = False,
         template_files: dict[str, bytes] | None = None,
     ):
-        """Use :meth:`create` (or :class:`StoreWriter`); ``layout`` is a store of the layout holding ``n_frames``."""
+        """Use :meth:`create` (or :class:`StoreWriter`); ``layout`` is a store of the layout, opened.
+
+        The writer continues from ``layout``'s committed frames (none for a
+        new store); only a :class:`StoreWriter` (one store) has any.
+        """
         self.paths = [Path(p) for p in paths]
         self.threads = max(1, min(int(threads), len(self.paths)))
         self.durable = bool(durable)
-        self.frames_committed = int(n_frames)
         self._pending = 0
         self._pool = None
         self._pool_size = 0
         self._failed = ""
         self._files = template_files or {}
-        reader = TrajectoryStore(layout)
-        if reader.schema_version != SCHEMA_VERSION:
+        self._reader = layout
+        if layout.schema_version != SCHEMA_VERSION:
             raise StoreError(
-                f"{layout} has store schema version {reader.schema_version}: it opens read-only "
+                f"{layout.path} has store schema version {layout.schema_version}: it opens read-only "
                 f"with this lss_engine (which writes version {SCHEMA_VERSION}); write a new store"
             )
-        self._root_doc = json.loads((Path(layout) / "zarr.json").read_bytes())
+        self._root_doc = json.loads((layout.path / "zarr.json").read_bytes())
         self._arrays: list[_ArrayLayout] = []
-        self._appenders: dict[str, _ChunkedAppender] = {}
         self._dirs: set[str] = set()
         n = len(self.paths)
-        for key in reader._timeseries_keys():
-            array = reader._array(key)
+        for key in layout._timeseries_keys():
+            array = layout._array(key)
             tail = (0,) * (array.ndim - 1)
             shared = key.rsplit("/", 1)[1] in ("step", "time")
-            layout_ = _ArrayLayout(
+            self._arrays.append(_ArrayLayout(
                 key=key,
-                doc=json.loads((Path(layout) / key / "zarr.json").read_bytes()),
+                doc=json.loads((layout.path / key / "zarr.json").read_bytes()),
                 chunk_key=lambda i, key=key, meta=array.metadata, tail=tail: f"{key}/{meta.encode_chunk_key((i,) + tail)}",
                 encode=_chunk_encoder(array),
                 shared=shared,
-            )
-            self._arrays.append(layout_)
-            frame = tuple(array.shape[1:]) if shared or not self._store_axis else (n,) + tuple(array.shape[1:])
-            head = None
-            if n_frames:
-                def head(a: int, b: int, key=key) -> np.ndarray:
-                    data = reader._read(key, slice(a, b))
-                    return data if shared or not self._store_axis else data[:, None]
-            self._appenders[key] = _ChunkedAppender(array.chunks[0], frame, array.dtype, n_frames, head)
-            for i in range(-(-n_frames // array.chunks[0])):  # folders that already hold chunks
+                chunk=int(array.chunks[0]),
+                frame=tuple(array.shape[1:]) if shared or not self._store_axis else (n,) + tuple(array.shape[1:]),
+                dtype=array.dtype,
+            ))
+        self._start_at(layout.n_frames)
+        for layout_ in self._arrays:
+            for i in range(-(-self.frames_committed // layout_.chunk)):  # folders that already hold chunks
                 self._dirs |= _folders_of(layout_.chunk_key(i))
+
+    def _start_at(self, n_frames: int) -> None:
+        """Buffer from frame ``n_frames`` on: the partly filled chunk of each array is read back once."""
+        self.frames_committed = int(n_frames)
+        self._appenders: dict[str, _ChunkedAppender] = {
+            a.key: _ChunkedAppender(a.chunk, a.frame, a.dtype, n_frames,
+                                    lambda lo, hi, key=a.key: self._reader._read(key, slice(lo, hi)))
+            for a in self._arrays
+        }
 
     #: whether appended data carry a store axis (``False`` for :class:`StoreWriter`)
     _store_axis = True
@@ -549,7 +559,7 @@ class MultiStoreWriter(_FrameBuffer):
                 for name in names:
                     with open(os.path.join(folder, name), "rb") as fh:
                         files[os.path.normpath(os.path.join(rel, name))] = fh.read()
-            writer = cls(paths, template, threads, durable=durable, template_files=files)
+            writer = cls(paths, TrajectoryStore(template), threads, durable=durable, template_files=files)
         finally:
             shutil.rmtree(template, ignore_errors=True)
         try:
@@ -677,9 +687,7 @@ class StoreWriter(MultiStoreWriter):
 
     def __init__(self, path: str | os.PathLike, *, durable: bool = True):
         self.path = Path(path)
-        reader = TrajectoryStore(self.path)
-        super().__init__([self.path], self.path, 1, n_frames=reader.n_frames, durable=durable)
-        self._reader = reader
+        super().__init__([self.path], TrajectoryStore(self.path), 1, durable=durable)
 
     # -- construction ------------------------------------------------------
     @classmethod
@@ -800,13 +808,7 @@ class StoreWriter(MultiStoreWriter):
                 docs.append((f"{layout.key}/zarr.json", _json_bytes(layout.doc)))
             self._write_documents(0, docs)
             self._reader.refresh()
-            self.frames_committed = keep
-            for layout in self._arrays:
-                app = self._appenders[layout.key]
-                self._appenders[layout.key] = _ChunkedAppender(
-                    app.chunk, app.buffer.shape[1:], app.buffer.dtype, keep,
-                    lambda a, b, key=layout.key: self._reader._read(key, slice(a, b)),
-                )
+            self._start_at(keep)
         return dropped
 
 
@@ -1080,18 +1082,21 @@ class TrajectoryStore:
     def _chunk_path(self, key: str, array, index: int) -> Path:
         return self.path / key / array.metadata.encode_chunk_key((index,) + (0,) * (array.ndim - 1))
 
-    def _chunk_damage(self, key: str, array, index: int, read: bool) -> Damage | None:
-        """Why chunk ``index`` of ``array`` cannot be read (``None`` when it can)."""
+    def _read_chunk(self, key: str, array, index: int, read: bool) -> tuple[np.ndarray | None, Damage | None]:
+        """Chunk ``index`` of ``array`` (its committed frames) and why it cannot be read (``None``: it can).
+
+        ``read=False`` only checks that the chunk file exists (no data).
+        """
         chunk = array.chunks[0]
         a, b = index * chunk, min((index + 1) * chunk, self._offset + self.n_frames)
         if not self._chunk_path(key, array, index).is_file():
-            return Damage(str(self.path), key, a, b, "chunk file missing")
-        if read:
-            try:
-                array[a:b]
-            except Exception as exc:
-                return Damage(str(self.path), key, a, b, _reason(exc))
-        return None
+            return None, Damage(str(self.path), key, a, b, "chunk file missing")
+        if not read:
+            return None, None
+        try:
+            return np.asarray(array[a:b]), None
+        except Exception as exc:
+            return None, Damage(str(self.path), key, a, b, _reason(exc))
 
     def _read(self, key: str, sl: slice) -> np.ndarray:
         """``array[sl]`` after checking that its chunks exist; damage raises a one-line StoreError."""
@@ -1100,7 +1105,7 @@ class TrajectoryStore:
         if stop > first:
             chunk = array.chunks[0]
             for index in range(first // chunk, (stop - 1) // chunk + 1):
-                damage = self._chunk_damage(key, array, index, read=False)
+                damage = self._read_chunk(key, array, index, read=False)[1]
                 if damage is not None:
                     raise StoreError(f"{damage}; run `lss verify {self.path}`")
         try:
@@ -1108,7 +1113,7 @@ class TrajectoryStore:
         except Exception:
             chunk = array.chunks[0]
             for index in range(first // chunk, (max(stop, first + 1) - 1) // chunk + 1):
-                damage = self._chunk_damage(key, array, index, read=True)
+                damage = self._read_chunk(key, array, index, read=True)[1]
                 if damage is not None:
                     raise StoreError(f"{damage}; run `lss verify {self.path}`") from None
             raise StoreError(f"{self.path}: {key}: frames {first}-{stop - 1} cannot be read") from None
@@ -1180,17 +1185,21 @@ class TrajectoryStore:
             else:
                 hi_key = hi
             chunk = array.chunks[0]
+            previous = None  # the last step number of the chunk before, if it was read
             for index in range(lo // chunk, -(-hi_key // chunk)):
-                damage = self._chunk_damage(key, array, index, read=read)
+                data, damage = self._read_chunk(key, array, index, read=read)
                 if damage is not None:
                     damages.append(Damage(damage.store, key, max(damage.start, lo), min(damage.stop, hi), damage.reason))
-                elif read and key.endswith("/step"):
-                    a, b = max(index * chunk, lo), min((index + 1) * chunk, hi_key)
-                    steps = np.asarray(array[max(a - 1, lo):b])
-                    bad = np.flatnonzero(np.diff(steps) <= 0)
+                    previous = None
+                elif data is not None and key.endswith("/step"):
+                    start = max(index * chunk, lo)
+                    steps = data[start - index * chunk : hi_key - index * chunk]
+                    joined = steps if previous is None else np.concatenate([[previous], steps])
+                    bad = np.flatnonzero(np.diff(joined) <= 0)
                     if bad.size:
-                        first = max(a - 1, lo) + int(bad[0]) + 1
+                        first = start + int(bad[0]) + (1 if previous is None else 0)
                         damages.append(Damage(str(self.path), key, first, first + 1, "step numbers do not increase"))
+                    previous = steps[-1] if len(steps) else previous
         return damages
 
     def damaged_ranges(self, damages: Sequence[Damage] | None = None) -> list[tuple[int, int]]:
