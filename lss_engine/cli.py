@@ -55,16 +55,30 @@ def _build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser(
         "simulate",
-        help="run OpenMM MD of a test system and stream featurized frames into a zarr store",
+        help="run OpenMM MD of a test system or your own (System XML + PDB) into a zarr store",
         description=(
-            "Run OpenMM MD of one of lss_engine's test systems and stream featurized frames into a "
+            "Run OpenMM MD of one of lss_engine's test systems (--system) or of your own OpenMM System "
+            "(--system-xml with --pdb, optionally --state-xml) and stream featurized frames into a "
             "zarr trajectory store (see docs/store.md). Ctrl-C stops cleanly; --resume continues."
         ),
     )
-    sim.add_argument("--system", default="alanine-dipeptide", metavar="NAME",
-                     help="test system: " + ", ".join(_system_names()) + " (default: %(default)s)")
+    source = sim.add_mutually_exclusive_group()
+    source.add_argument("--system", default=None, metavar="NAME",
+                        help="test system: " + ", ".join(_system_names()) + " (default: alanine-dipeptide)")
+    source.add_argument("--system-xml", default=None, metavar="FILE",
+                        help="your own system: an OpenMM System serialized as XML (XmlSerializer); needs --pdb")
+    sim.add_argument("--pdb", default=None, metavar="FILE",
+                     help="with --system-xml: PDB file with the topology and (without --state-xml) the positions")
+    sim.add_argument("--state-xml", default=None, metavar="FILE",
+                     help="with --system-xml: OpenMM State XML with the positions, box and velocities to start from")
     sim.add_argument("--temperature", type=float, default=None, metavar="K",
-                     help="temperature in kelvin (default: the system's own, e.g. 300 K)")
+                     help="temperature in kelvin (default: the system's own, e.g. 300 K; --system-xml: 300 K)")
+    sim.add_argument("--timestep", default=None, metavar="PS",
+                     help="integration step in ps, or a time such as 2fs (default: the system's own; "
+                          "--system-xml: 0.002)")
+    sim.add_argument("--friction", type=float, default=None, metavar="PER_PS",
+                     help="Langevin collision rate (Brownian: friction) in 1/ps (default: the system's own; "
+                          "--system-xml: 1)")
     length = sim.add_mutually_exclusive_group()
     length.add_argument("--ns", type=float, default=None,
                         help="simulated time in ns (default 1; toy systems: 1 reduced time unit = 1 ps)")
@@ -228,26 +242,43 @@ def _build_parser() -> argparse.ArgumentParser:
                                      "step order). Exit status 1 if any store is damaged.")
     ver.add_argument("stores", nargs="+", metavar="STORE")
     ver.add_argument("--json", action="store_true", help="print JSON instead of text")
+    from .campaign.commands import add_parser as add_campaign_parser
+
+    add_campaign_parser(sub)
     return parser
 
 
 # ---------------------------------------------------------------------------
 # lss simulate
 # ---------------------------------------------------------------------------
+def _simulate_system(args: argparse.Namespace):
+    """The system of ``lss simulate``: ``--system`` NAME or ``--system-xml`` + ``--pdb`` (+ ``--state-xml``)."""
+    from .systems import from_xml, get_system
+
+    settings = {key: value for key, value in (("temperature", args.temperature), ("timestep", args.timestep),
+                                              ("friction", args.friction)) if value is not None}
+    if args.system_xml is None:
+        given = [flag for flag, value in (("--pdb", args.pdb), ("--state-xml", args.state_xml)) if value is not None]
+        if given:
+            raise LssError(f"{' and '.join(given)} {'go' if len(given) > 1 else 'goes'} with --system-xml")
+        return get_system(args.system or "alanine-dipeptide", **settings)
+    if args.pdb is None:
+        raise LssError("--system-xml needs --pdb (the topology)")
+    return from_xml(args.system_xml, args.pdb, state_xml=args.state_xml, **settings)
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from openmm import unit
 
     from .md import MDInterrupted, MDRun, to_steps
-    from .systems import get_system
 
-    kwargs = {} if args.temperature is None else {"temperature": args.temperature}
-    test_system = get_system(args.system, **kwargs)
+    test_system = _simulate_system(args)
     dt = test_system.timestep
     steps = args.steps if args.steps is not None else (1.0 if args.ns is None else args.ns) * unit.nanosecond
     if (args.steps if args.steps is not None else args.ns if args.ns is not None else 1) <= 0:
         raise LssError("nothing to simulate: --ns/--steps must be positive")
     if args.walkers != 1:
-        return _simulate_walkers(args, test_system, steps, kwargs)
+        return _simulate_walkers(args, test_system, steps)
     run = MDRun(test_system, args.out, steps=steps,
                 report_interval=to_steps(args.report_interval, dt, "--report-interval"),
                 equilibrate=to_steps(args.equilibrate, dt, "--equilibrate", exact=False),
@@ -269,11 +300,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _simulate_walkers(args: argparse.Namespace, test_system, steps, system_kwargs: dict) -> int:
-    """``lss simulate --walkers N``: N walkers in parallel processes (:func:`lss_engine.md.run_md_walkers`)."""
+def _simulate_walkers(args: argparse.Namespace, test_system, steps) -> int:
+    """``lss simulate --walkers N``: N walkers in parallel processes (:func:`lss_engine.md.run_md_walkers`),
+    each rebuilding ``test_system`` from its spec (:func:`lss_engine.systems.system_spec`)."""
     from openmm import unit
 
     from .md import MDInterrupted, run_md_walkers, to_steps, walker_stores
+    from .systems import system_spec
 
     if args.walkers < 1:
         raise LssError(f"--walkers must be at least 1, got {args.walkers}")
@@ -284,7 +317,7 @@ def _simulate_walkers(args: argparse.Namespace, test_system, steps, system_kwarg
           f"{args.walkers} walkers × {format_time_ps(total * dt._value)} ({total} steps each) in parallel "
           f"processes -> {paths[0]} ... {paths[-1]}", flush=True)
     try:
-        results = run_md_walkers(args.system, args.out, args.walkers, system_kwargs=system_kwargs, steps=total,
+        results = run_md_walkers(system_spec(test_system), args.out, args.walkers, steps=total,
                                  report_interval=to_steps(args.report_interval, dt, "--report-interval"),
                                  equilibrate=to_steps(args.equilibrate, dt, "--equilibrate", exact=False),
                                  featurizer=args.features, atoms=args.save_atoms, platform=args.platform,
@@ -602,7 +635,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"simulate": cmd_simulate, "train": cmd_train, "analyze": cmd_analyze, "generate": cmd_generate,
-             "demo": cmd_demo, "sample-latent": cmd_sample_latent, "info": cmd_info, "verify": cmd_verify}
+             "demo": cmd_demo, "sample-latent": cmd_sample_latent, "info": cmd_info, "verify": cmd_verify,
+             "campaign": lambda args: _campaign(args)}
+
+
+def _campaign(args: argparse.Namespace) -> int:
+    from .campaign.commands import cmd_campaign
+
+    return cmd_campaign(args)
 
 
 #: what to say about an existing output, per command (default: "pass --overwrite to replace it")

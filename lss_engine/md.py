@@ -384,7 +384,20 @@ def walker_stores(out: str | os.PathLike, n_walkers: int) -> list[Path]:
     return walker_paths(out, n_walkers)
 
 
-def _walker_process(queue: Any, index: int, system: str, system_kwargs: dict, store: Path, seed: int | None,
+def _walker_system(system: Any, system_kwargs: dict) -> Any:
+    """The test system of :func:`run_md_walkers`: a registry name with keyword arguments, or a spec."""
+    from collections.abc import Mapping
+
+    from .systems import build_system, get_system
+
+    if isinstance(system, Mapping):
+        if system_kwargs:
+            raise LssError("system_kwargs apply to a system name; a system spec carries its own parameters")
+        return build_system(system)
+    return get_system(system, **system_kwargs)
+
+
+def _walker_process(queue: Any, index: int, system: Any, system_kwargs: dict, store: Path, seed: int | None,
                     kwargs: dict) -> None:
     """One walker in a spawned process: its MD result (or its error as one line) goes to ``queue``."""
     import signal
@@ -392,10 +405,9 @@ def _walker_process(queue: Any, index: int, system: str, system_kwargs: dict, st
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops this walker cleanly
     try:
         from ._helpers import configure_threads
-        from .systems import get_system
 
         configure_threads(1)  # features are computed in small batches; the cores belong to the walkers
-        result = run_md(get_system(system, **system_kwargs), store, seed=seed, progress=False, **kwargs)
+        result = run_md(_walker_system(system, system_kwargs), store, seed=seed, progress=False, **kwargs)
         queue.put((index, result, None))
     except MDInterrupted as exc:
         queue.put((index, exc.result, None))
@@ -409,7 +421,7 @@ def _walker_process(queue: Any, index: int, system: str, system_kwargs: dict, st
 
 
 def run_md_walkers(
-    system: str,
+    system: Any,
     out: str | os.PathLike,
     n_walkers: int,
     *,
@@ -437,7 +449,10 @@ def run_md_walkers(
     ----------
     system, system_kwargs
         A test system name of :mod:`lss_engine.systems` and its keyword
-        arguments (``{"temperature": 450}``); each process builds its own.
+        arguments (``{"temperature": 450}``), or a spec of
+        :func:`lss_engine.systems.system_spec` (a built-in or a user's XML
+        system; no ``system_kwargs``); each process builds its own (an XML
+        system's files are checked against the spec's SHA-256 each time).
     processes
         Walkers run at once (default: one per usable core, at most ``n_walkers``).
     progress
@@ -471,7 +486,6 @@ def run_md_walkers(
 
     from tqdm.auto import tqdm
 
-    from .systems import get_system
     from .store import TrajectoryStore
 
     n_walkers = int(n_walkers)
@@ -480,7 +494,7 @@ def run_md_walkers(
     if resume and overwrite:
         raise LssError("resume and overwrite exclude each other")
     system_kwargs = dict(system_kwargs or {})
-    test_system = get_system(system, **system_kwargs)  # a bad name or argument fails here, before any process
+    test_system = _walker_system(system, system_kwargs)  # a bad name or argument fails here, before any process
     total_steps = to_steps(steps, test_system.timestep, "steps", exact=False)
     interval = to_steps(report_interval, test_system.timestep, "report_interval")
     if total_steps < 1 or interval < 1:

@@ -59,13 +59,17 @@ def _factory(settings: EncoderSettings, n_features: int, score_method: str = "VA
 
 
 def train_encoder(stores: Sequence[Any], settings: EncoderSettings, out: str | os.PathLike,
-                  *, analyze: bool = True) -> Encoder:
+                  *, analyze: bool = True, initial: str | os.PathLike | None = None) -> Encoder:
     """Train an encoder on stores and write a model directory to ``out``.
 
     Writes ``model.json`` + ``encoder.safetensors`` (see :mod:`lss_engine.bundle`),
     ``history_encoder.json``, training checkpoints in ``checkpoints/`` (an
     interrupted run resumes when called again with the same settings), and —
     with ``analyze`` — the figures and ``metrics.json`` of :func:`analyze_encoder`.
+    ``initial``: a model directory whose encoder (same features and network
+    shape) is the starting point of every restart (a warm start: adaptive
+    campaigns retrain on growing data); its input standardisation is not
+    carried over, since the new data set its own.
     """
     from .data import Normalizer, TimeLaggedDataset
     from .provenance import provenance
@@ -85,9 +89,9 @@ def train_encoder(stores: Sequence[Any], settings: EncoderSettings, out: str | o
                          device=settings.device, progress=settings.progress)
     checkpoints = out / "checkpoints"
     n_features = dataset.n_features
-    initial = None
+    initial = None if initial is None else _warm_start_state(initial, dataset.feature_names)
     history: list[dict] = []
-    if settings.kind == "vampnet" and settings.pretrain_epochs > 0:
+    if settings.kind == "vampnet" and settings.pretrain_epochs > 0 and initial is None:
         pre = TrainConfig(**{**asdict(config), "epochs": settings.pretrain_epochs, "restarts": 1})
         result = fit(_factory(settings, n_features, "VAMP1"), train, val, pre,
                      checkpoint_dir=checkpoints, stage="vamp1")
@@ -120,6 +124,20 @@ def train_encoder(stores: Sequence[Any], settings: EncoderSettings, out: str | o
     if analyze:
         analyze_encoder(encoder, stores, out)
     return encoder
+
+
+def _warm_start_state(model_dir: str | os.PathLike, feature_names: Sequence[str]) -> dict:
+    """The encoder weights of ``model_dir`` as an initial state, with its input standardisation reset to identity."""
+    previous = load_encoder(model_dir)
+    if list(previous.feature_names) != list(feature_names):
+        raise LssError(f"{model_dir}: its encoder was trained on other features; it cannot be a warm start")
+    state = {k: v.clone() for k, v in previous.model.state_dict().items()}
+    for key in state:
+        if key.endswith("standardize.mean"):
+            state[key].zero_()
+        elif key.endswith("standardize.std"):
+            state[key].fill_(1.0)
+    return state
 
 
 def load_encoder(model_dir: str | os.PathLike) -> Encoder:

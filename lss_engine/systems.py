@@ -39,21 +39,41 @@ by the separable term :math:`\tfrac12 k (y^2+z^2)` with k = 1 kT/nm²
 gives the confined ones variance kT/k = 1 nm².  ``TestSystem.reduced_units``
 records the mapping, and ``TestSystem.reduced_potential`` evaluates
 :math:`U(\mathbf x)` (without β and without the confinement) with numpy.
+
+Users' own systems
+------------------
+:func:`from_xml` builds a :class:`TestSystem` from an OpenMM ``System``
+serialized as XML (``XmlSerializer``; never a pickle), a PDB file for the
+topology and positions, optionally an OpenMM ``State`` XML for positions, box
+and velocities, and the integrator settings.
+
+Specs: rebuilding a system in another process
+---------------------------------------------
+:func:`system_spec` gives a JSON-able dict from which :func:`build_system`
+rebuilds the same system (a walker process, a campaign worker):
+``{"kind": "builtin", "name", "parameters"}`` for the registry's systems
+(``parameters``: the builder's keyword arguments), ``{"kind": "xml", "name",
+"parameters"}`` for :func:`from_xml` systems (absolute paths, integrator
+settings and the SHA-256 of each input file: a changed file is refused).
+:func:`system_key` is a short stable hash of a spec (a cache key).
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 import inspect
+import io
 import json
+import os
 import pathlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 import openmm
 from openmm import app, unit
 
-from ._helpers import positive_float
+from ._helpers import first_line, jsonable, positive_float
 from .errors import LssError
 from .units import parse_time_ps
 
@@ -67,13 +87,17 @@ __all__ = [
     "alanine_dipeptide",
     "alanine_dipeptide_implicit",
     "alanine_dipeptide_pdb_path",
+    "build_system",
     "choose_platform",
     "double_well",
     "folding_5d",
     "four_state",
     "four_well",
+    "from_xml",
     "get_system",
     "list_systems",
+    "system_key",
+    "system_spec",
     "three_state_linear",
     "three_state_triangular",
 ]
@@ -99,7 +123,8 @@ class TestSystem:
     Attributes
     ----------
     name
-        Registry name (see :func:`list_systems`).
+        Registry name (see :func:`list_systems`), or a user system's name
+        (:func:`from_xml`).
     topology
         ``openmm.app.Topology``.
     system
@@ -129,6 +154,10 @@ class TestSystem:
         Toys only: ``U(coords)`` with numpy, ``coords`` shaped (..., d) in the
         order of ``reduced_units["coordinates"]``; returns the reduced energy
         without β and without the confinement term.
+    velocities
+        Starting velocities, ``Quantity`` of an (n_atoms, 3) array in nm/ps,
+        or ``None`` (drawn at ``temperature``).  Only :func:`from_xml` with a
+        State XML that holds velocities sets them.
     """
 
     __test__: ClassVar[bool] = False  # not a pytest test class
@@ -147,6 +176,7 @@ class TestSystem:
     friction: unit.Quantity = field(default_factory=lambda: 1.0 / unit.picosecond)
     reduced_potential: Callable[[np.ndarray], np.ndarray] | None = field(
         default=None, repr=False, compare=False)
+    velocities: unit.Quantity | None = field(default=None, repr=False, compare=False)
 
     def make_integrator(self, seed: int | None = None) -> openmm.Integrator:
         """A fresh integrator for this system.
@@ -177,8 +207,13 @@ class TestSystem:
         """An ``openmm.app.Simulation`` ready to ``step``.
 
         Sets the positions, minimises the energy if ``minimize`` (toys start
-        at a minimum, so it is harmless there), and draws velocities at
-        ``temperature`` with ``seed`` when the integrator has velocities.
+        at a minimum, so it is harmless there), and, when the integrator has
+        velocities, sets :attr:`velocities` if the system has them (a State
+        XML's), else draws them at ``temperature`` with ``seed``.
+
+        Minimisation is the caller's explicit choice: restarts (a resumed
+        run, a campaign's new walker from a saved frame or state) must pass
+        ``minimize=False``.
 
         Parameters
         ----------
@@ -196,7 +231,9 @@ class TestSystem:
         if minimize:
             simulation.minimizeEnergy()
         if self.integrator != "brownian":
-            if seed is None:
+            if self.velocities is not None:
+                simulation.context.setVelocities(self.velocities)
+            elif seed is None:
                 simulation.context.setVelocitiesToTemperature(self.temperature)
             else:
                 simulation.context.setVelocitiesToTemperature(self.temperature, int(seed))
@@ -825,8 +862,8 @@ def get_system(name: str, **kwargs: Any) -> TestSystem:
     LssError
         For an unknown name or keyword.
     """
-    key = str(name).strip().lower().replace("_", "-")
-    if key not in _REGISTRY:
+    key = _registry_key(name)
+    if key is None:
         raise LssError(f"unknown system {name!r}; valid names: {', '.join(_REGISTRY)}")
     builder = _REGISTRY[key]
     accepted = list(inspect.signature(builder).parameters)
@@ -835,3 +872,347 @@ def get_system(name: str, **kwargs: Any) -> TestSystem:
         raise LssError(f"system {key!r} does not take {', '.join(unknown)}; "
                        f"it takes: {', '.join(accepted)}")
     return builder(**kwargs)
+
+
+# ----------------------------------------------------------------------------
+# users' own systems: System XML + PDB (+ State XML)
+
+#: Particles below which :func:`from_xml` defaults to the Reference platform
+#: (small systems step faster there than on CPU, as the built-ins do).
+REFERENCE_PLATFORM_MAX_PARTICLES: int = 100
+
+#: The input files of :func:`from_xml`, as named in its parameters.
+_XML_FILES = ("system_xml", "pdb", "state_xml")
+
+
+def _read_input(path: str | os.PathLike, what: str) -> tuple[pathlib.Path, bytes]:
+    """The absolute path and the bytes of an input file, or a one-line :class:`LssError`."""
+    try:
+        resolved = pathlib.Path(path).expanduser().resolve()
+        return resolved, resolved.read_bytes()
+    except FileNotFoundError:
+        raise LssError(f"{what} file {path} does not exist") from None
+    except (OSError, TypeError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or first_line(exc)
+        raise LssError(f"cannot read the {what} file {path}: {reason}") from None
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _text(data: bytes, path: pathlib.Path, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise LssError(f"{what} file {path} is not a text file") from None
+
+
+def _deserialize(data: bytes, path: pathlib.Path, what: str, expected: type) -> Any:
+    """An OpenMM object of type ``expected`` from XML bytes (``XmlSerializer``; never a pickle)."""
+    try:
+        obj = openmm.XmlSerializer.deserialize(_text(data, path, what))
+    except LssError:
+        raise
+    except (ValueError, openmm.OpenMMException) as exc:  # OpenMM's answers to bad XML
+        raise LssError(f"{what} file {path} is not OpenMM XML ({first_line(exc)})") from None
+    if not isinstance(obj, expected):
+        raise LssError(f"{what} file {path} holds an OpenMM {type(obj).__name__}, not a {expected.__name__}")
+    return obj
+
+
+def _read_pdb(data: bytes, path: pathlib.Path) -> app.PDBFile:
+    try:
+        return app.PDBFile(io.StringIO(_text(data, path, "PDB")))
+    except LssError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PDBFile raises assorted errors on malformed files
+        raise LssError(f"PDB file {path} cannot be read ({exc.__class__.__name__}: {first_line(exc)})") from None
+
+
+def _state_arrays(state: openmm.State, path: pathlib.Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Positions (nm), velocities (nm/ps, ``None`` if the State has none) and box vectors (nm) of a State."""
+    try:
+        positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    except openmm.OpenMMException:  # the State was saved without positions
+        raise LssError(f"State XML file {path} holds no positions (save it with getPositions=True)") from None
+    try:
+        velocities = np.asarray(state.getVelocities(asNumpy=True).value_in_unit(
+            unit.nanometer / unit.picosecond), dtype=float)
+    except openmm.OpenMMException:  # saved without velocities: they are drawn at the temperature
+        velocities = None
+    box = np.asarray(state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer), dtype=float)
+    return np.asarray(positions, dtype=float), velocities, box
+
+
+def _set_box(system: openmm.System, topology: app.Topology, box_nm: np.ndarray | None) -> None:
+    """The box of a periodic system on its topology and as its default; none on a non-periodic one."""
+    if not system.usesPeriodicBoundaryConditions():
+        topology.setPeriodicBoxVectors(None)  # the System decides periodicity, not a CRYST1 record
+        return
+    if box_nm is None:
+        box_nm = np.array([v.value_in_unit(unit.nanometer) for v in system.getDefaultPeriodicBoxVectors()])
+    vectors = [openmm.Vec3(*map(float, row)) for row in box_nm]
+    system.setDefaultPeriodicBoxVectors(*vectors)
+    topology.setPeriodicBoxVectors(vectors * unit.nanometer)  # as PDBFile sets it: a Quantity of Vec3s
+
+
+def _check_counts(n_system: int, counts: Sequence[tuple[str, int]], system_path: pathlib.Path) -> None:
+    if n_system < 1:
+        raise LssError(f"System XML file {system_path} has no particles")
+    for what, n in counts:
+        if n != n_system:
+            raise LssError(f"particle counts differ: System XML file {system_path} has {n_system}, {what} has {n}")
+
+
+def _xml_platform(platform: str | None, n_particles: int) -> str:
+    """The default platform of a user system: an explicit name (checked now), else by size."""
+    if platform is None or str(platform).lower() == "auto":
+        return "Reference" if n_particles < REFERENCE_PLATFORM_MAX_PARTICLES else "CPU"
+    return choose_platform(platform).getName()
+
+
+def from_xml(system_xml: str | os.PathLike, pdb: str | os.PathLike, *, state_xml: str | os.PathLike | None = None,
+             temperature: float = 300.0, timestep: float = 0.002, friction: float = 1.0,
+             integrator: str = "langevin", platform: str | None = None, name: str | None = None) -> TestSystem:
+    """A user's system: an OpenMM ``System`` XML, a PDB and integrator settings.
+
+    Parameters
+    ----------
+    system_xml
+        An ``openmm.System`` written by ``openmm.XmlSerializer.serialize``
+        (never a pickle).
+    pdb
+        The topology, and the positions (nm) unless ``state_xml`` is given.
+        For a periodic System its CRYST1 box, if any, becomes the System's
+        default box; a non-periodic System's topology gets no box.
+    state_xml
+        An ``openmm.State`` XML (``XmlSerializer.serialize(context.getState(
+        getPositions=True, getVelocities=True))``, or ``Simulation.saveState``):
+        positions, the box (for a periodic System) and, if it holds them, the
+        velocities, which :meth:`TestSystem.make_simulation` then uses instead
+        of drawing new ones.  Its time, step count and parameters are ignored.
+    temperature
+        Thermostat temperature, K.
+    timestep
+        Integration step, ps (or a time string such as ``"2fs"``).
+    friction
+        Langevin collision rate or Brownian friction, 1/ps.
+    integrator
+        ``"langevin"`` (``LangevinMiddleIntegrator``) or ``"brownian"``.
+    platform
+        ``default_platform``: ``None``/``"auto"`` picks Reference below
+        :data:`REFERENCE_PLATFORM_MAX_PARTICLES` particles and CPU otherwise;
+        an explicit name (CUDA, OpenCL) must be available here.
+    name
+        The system's name (default: the System XML's file stem).
+
+    Returns
+    -------
+    TestSystem
+        ``parameters`` hold the absolute paths, the settings and the SHA-256 of
+        each input file (``"sha256"``): :func:`system_spec` and
+        :func:`build_system` rebuild it elsewhere and refuse changed files.
+        ``reduced_units`` is ``None``.  Energy minimisation is the caller's
+        choice (``make_simulation(minimize=False)`` for restarts).
+
+    Raises
+    ------
+    LssError
+        One line: a missing or unreadable file, XML that is not OpenMM's or
+        holds another object type (a State given as the System), particle
+        counts that differ between System, PDB and State, or a non-positive
+        temperature, timestep or friction.
+    """
+    return _from_files(system_xml, pdb, state_xml, temperature=temperature, timestep=timestep,
+                       friction=friction, integrator=integrator, platform=platform, name=name, expected=None)
+
+
+def _from_files(system_xml: Any, pdb: Any, state_xml: Any, *, temperature: Any, timestep: Any, friction: Any,
+                integrator: str, platform: str | None, name: str | None,
+                expected: Mapping[str, str] | None) -> TestSystem:
+    """:func:`from_xml`, checking each file's SHA-256 against ``expected`` (a spec's) when given.
+
+    Each file is read once: its hash and its parse come from the same bytes.
+    """
+    t_k = _kelvin(temperature)
+    dt_ps = _timestep_ps(timestep)
+    gamma = positive_float(friction, "friction")
+    integ = _integrator_name(integrator)
+    given = {"system_xml": system_xml, "pdb": pdb, "state_xml": state_xml}
+    labels = {"system_xml": "System XML", "pdb": "PDB", "state_xml": "State XML"}
+    files = {key: _read_input(path, labels[key]) for key, path in given.items() if path is not None}
+    hashes = {key: _sha256(data) for key, (_, data) in files.items()}
+    if expected is not None:
+        _check_hashes(files, hashes, expected)
+
+    system_path, system_data = files["system_xml"]
+    system = _deserialize(system_data, system_path, "System XML", openmm.System)
+    pdb_path, pdb_data = files["pdb"]
+    pdb_file = _read_pdb(pdb_data, pdb_path)
+    topology = pdb_file.topology
+    counts = [(f"PDB file {pdb_path}", topology.getNumAtoms())]
+    velocities = None
+    if "state_xml" in files:
+        state_path, state_data = files["state_xml"]
+        state = _deserialize(state_data, state_path, "State XML", openmm.State)
+        positions_nm, velocities_nm, box_nm = _state_arrays(state, state_path)
+        counts.append((f"State XML file {state_path}", len(positions_nm)))
+        if velocities_nm is not None:
+            velocities = unit.Quantity(velocities_nm, unit.nanometer / unit.picosecond)
+    else:
+        positions_nm = np.asarray(pdb_file.getPositions(asNumpy=True).value_in_unit(unit.nanometer), dtype=float)
+        box = topology.getPeriodicBoxVectors()
+        box_nm = None if box is None else np.array([v.value_in_unit(unit.nanometer) for v in box])
+    _check_counts(system.getNumParticles(), counts, system_path)
+    _set_box(system, topology, box_nm)
+
+    n = system.getNumParticles()
+    label = name if name is not None else system_path.stem
+    params = {"system_xml": str(system_path), "pdb": str(pdb_path),
+              "state_xml": str(files["state_xml"][0]) if "state_xml" in files else None,
+              "temperature": t_k, "timestep": dt_ps, "friction": gamma, "integrator": integ,
+              "platform": None if platform is None or str(platform).lower() == "auto" else str(platform),
+              "sha256": hashes}
+    sources = " + ".join(path.name for path, _ in files.values())
+    periodic = "periodic" if system.usesPeriodicBoundaryConditions() else "non-periodic"
+    integrator_text = "Langevin middle" if integ == "langevin" else "Brownian"
+    return TestSystem(
+        name=str(label),
+        topology=topology,
+        system=system,
+        positions=unit.Quantity(positions_nm, unit.nanometer),
+        temperature=t_k * unit.kelvin,
+        timestep=dt_ps * unit.picosecond,
+        default_platform=_xml_platform(platform, n),
+        description=(f"User system {label} from {sources}: {n} particles, {periodic}, {integrator_text} "
+                     f"{t_k:g} K, {gamma:g}/ps, {dt_ps * 1000:g} fs."),
+        reduced_units=None,
+        parameters=_check_json(params),
+        integrator=integ,
+        friction=gamma / unit.picosecond,
+        velocities=velocities,
+    )
+
+
+def _check_hashes(files: Mapping[str, tuple[pathlib.Path, bytes]], hashes: Mapping[str, str],
+                  expected: Mapping[str, str]) -> None:
+    """Refuse files that are not those a spec was made from (one line)."""
+    if set(expected) != set(hashes):
+        raise LssError(f"system spec lists SHA-256 for {', '.join(sorted(expected)) or 'no files'} but its files "
+                       f"are {', '.join(sorted(hashes))}")
+    for key, digest in hashes.items():
+        if digest != expected[key]:
+            raise LssError(f"{files[key][0]} changed since the system spec was made (SHA-256 {digest[:12]}..., "
+                           f"expected {str(expected[key])[:12]}...); make a new spec from the current files")
+
+
+# ----------------------------------------------------------------------------
+# specs: rebuild a system in another process
+
+
+def _is_xml_parameters(parameters: Mapping[str, Any]) -> bool:
+    return "system_xml" in parameters and "sha256" in parameters
+
+
+def _canonical_json(obj: Any, what: str) -> str:
+    """Canonical JSON text (sorted keys, no spaces, strict): equal specs give equal text."""
+    try:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise LssError(f"{what} is not strict JSON ({first_line(exc)})") from None
+
+
+def system_spec(test_system: TestSystem) -> dict:
+    """A JSON-able spec from which :func:`build_system` rebuilds ``test_system``.
+
+    Parameters
+    ----------
+    test_system
+        A system of :func:`get_system` or of :func:`from_xml`.
+
+    Returns
+    -------
+    dict
+        ``{"kind": "builtin", "name": <registry name>, "parameters": <builder kwargs>}``
+        or ``{"kind": "xml", "name": <name>, "parameters": <from_xml's, with
+        paths and "sha256">}``.
+
+    Raises
+    ------
+    LssError
+        A system that is neither (a hand-made ``TestSystem``), or whose
+        parameters are not all keywords of its builder (it would rebuild
+        differently).
+    """
+    params = jsonable(dict(test_system.parameters))
+    if _is_xml_parameters(params):
+        spec = {"kind": "xml", "name": test_system.name, "parameters": params}
+    else:
+        key = _registry_key(test_system.name)
+        if key is None:
+            raise LssError(f"system {test_system.name!r} is neither a registered system nor from from_xml; "
+                           f"it has no spec")
+        accepted = set(inspect.signature(_REGISTRY[key]).parameters)
+        foreign = sorted(set(params) - accepted)
+        if foreign:
+            raise LssError(f"system {key!r} has parameters its builder does not take ({', '.join(foreign)}); "
+                           f"it cannot be rebuilt from a spec")
+        spec = {"kind": "builtin", "name": key, "parameters": params}
+    _canonical_json(spec, f"the spec of system {test_system.name!r}")
+    return spec
+
+
+def build_system(spec: Mapping[str, Any]) -> TestSystem:
+    """The system a :func:`system_spec` spec describes (in this or another process).
+
+    Raises
+    ------
+    LssError
+        A malformed spec, an unknown system or keyword, or (``"xml"``) an input
+        file that is missing or no longer has the spec's SHA-256.
+    """
+    if not isinstance(spec, Mapping):
+        raise LssError(f"a system spec must be a dict, got {type(spec).__name__}")
+    kind, name, params = spec.get("kind"), spec.get("name"), spec.get("parameters", {})
+    if not isinstance(name, str) or not isinstance(params, Mapping):
+        raise LssError("a system spec needs a 'name' (str) and 'parameters' (dict)")
+    if kind == "builtin":
+        return get_system(name, **params)
+    if kind == "xml":
+        return _build_xml(name, params)
+    raise LssError(f"system spec kind must be 'builtin' or 'xml', got {kind!r}")
+
+
+def _build_xml(name: str, params: Mapping[str, Any]) -> TestSystem:
+    accepted = set(inspect.signature(from_xml).parameters) - {"name"}
+    unknown = sorted(set(params) - accepted - {"sha256"})
+    missing = [key for key in ("system_xml", "pdb", "sha256") if params.get(key) is None]
+    if unknown or missing:
+        raise LssError(f"xml system spec {name!r}: " + "; ".join(
+            part for part in (f"unknown parameters {', '.join(unknown)}" if unknown else "",
+                              f"missing {', '.join(missing)}" if missing else "") if part))
+    expected = params["sha256"]
+    if not isinstance(expected, Mapping):
+        raise LssError(f"xml system spec {name!r}: 'sha256' must map file names to hashes")
+    settings = {key: p.default for key, p in inspect.signature(from_xml).parameters.items()
+                if p.default is not inspect.Parameter.empty and key not in (*_XML_FILES, "name")}
+    settings.update({k: v for k, v in params.items() if k not in _XML_FILES and k != "sha256"})
+    return _from_files(params["system_xml"], params["pdb"], params.get("state_xml"), name=name,
+                       expected=expected, **settings)
+
+
+def system_key(spec: Mapping[str, Any]) -> str:
+    """A short stable key of a spec: the first 16 hex digits of the SHA-256 of its canonical JSON.
+
+    Equal specs (key order aside) give equal keys in every process and
+    session; any difference (a parameter, an input file's hash) gives another.
+    The spec is taken as it is: ``300`` and ``300.0`` differ, so key the specs
+    of :func:`system_spec`, whose numbers are normalised by the builders.
+    """
+    return hashlib.sha256(_canonical_json(jsonable(dict(spec)), "a system spec").encode()).hexdigest()[:16]
+
+
+def _registry_key(name: str) -> str | None:
+    key = str(name).strip().lower().replace("_", "-")
+    return key if key in _REGISTRY else None

@@ -1,0 +1,1 @@
+"""Adaptive sampling campaigns (issue 11)."""

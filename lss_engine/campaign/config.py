@@ -1,0 +1,268 @@
+"""A campaign's configuration: what ``campaign.toml`` may say, checked once, with defaults.
+
+Example ``campaign.toml``::
+
+    seed = 1
+
+    [system]                 # a built-in system ...
+    name = "alanine-dipeptide"
+    [system.parameters]
+    temperature = 300
+    # ... or a user's system:  xml = "system.xml"  pdb = "start.pdb"  state = "state.xml"
+    #                          temperature = 300   timestep = 0.002    friction = 1.0
+
+    [md]
+    walkers = 4              # per round
+    steps = "20ps"           # per walker per round (steps or a time)
+    report_interval = "0.1ps"
+    restart_every = 1        # full-system positions every N frames (restart candidates)
+    features = "auto"
+    atoms = "heavy"
+
+    [model]                  # the encoder retrained every round (lss_engine.settings.EncoderSettings)
+    lag = 5
+    dim = 2
+    epochs = 20
+    ensemble = 3             # encoders for the "uncertainty" ranker
+
+    [ranker]
+    name = "counts"          # counts | ucb | uncertainty | dream | random | continue (plain MD)
+    cells = 30
+    diversity = "farthest"   # farthest | none
+
+    [stop]
+    max_rounds = 10
+    md_budget = "10ns"       # total MD of all walkers
+    plateau_rounds = 3       # stop when no new cell for this many rounds and timescales/VAMP-2 are stable
+
+    [cluster]
+    kind = "local"           # local | processes | address | slurm
+    workers = 2
+
+Every key is checked here (unknown keys, wrong types and bad values are one
+:class:`~lss_engine.errors.LssError` line naming the key), so a campaign fails
+before any MD.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .._helpers import positive_float, positive_int
+from ..errors import LssError
+
+__all__ = ["CampaignConfig", "ClusterConfig", "MDConfig", "ModelConfig", "RankerConfig", "StopConfig",
+           "RANKERS", "SCHEMA_VERSION", "load_config"]
+
+#: Version of the campaign directory's layout (config, event log, attempt folders).
+SCHEMA_VERSION = 1
+RANKERS = ("counts", "ucb", "uncertainty", "dream", "random", "continue")  # continue: plain MD
+CLUSTER_KINDS = ("local", "processes", "address", "slurm")
+
+
+def _take(table: dict, cls: type, where: str) -> Any:
+    """Build the dataclass ``cls`` from ``table``, refusing unknown keys and checking types."""
+    if not isinstance(table, dict):
+        raise LssError(f"[{where}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    for key in table:
+        if key not in known:
+            raise LssError(f"unknown key {where}.{key} (valid: {', '.join(known)})")
+    obj = cls(**table)
+    obj.check(where)
+    return obj
+
+
+def _int(value: Any, key: str, minimum: int = 1) -> int:
+    return positive_int(value, key, minimum)
+
+
+def _steps_or_time(value: Any, key: str) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise LssError(f"{key} must be a number of steps or a time such as \"10ps\", got {value!r}")
+    if isinstance(value, int) and value < 1:
+        raise LssError(f"{key} must be positive, got {value}")
+    return value
+
+
+@dataclass
+class SystemConfig:
+    """A built-in system (``name`` + ``parameters``) or a user's OpenMM System XML + PDB (+ State XML)."""
+
+    name: str | None = None
+    parameters: dict = field(default_factory=dict)
+    xml: str | None = None
+    pdb: str | None = None
+    state: str | None = None
+    temperature: float = 300.0
+    timestep: float = 0.002
+    friction: float = 1.0
+    platform: str = "auto"
+    minimize: bool = True  # minimise the starting structure once at init (restarts are never minimised)
+
+    def check(self, where: str) -> None:
+        if (self.name is None) == (self.xml is None):
+            raise LssError(f"[{where}] needs either name (a built-in system) or xml + pdb (your own system)")
+        if self.xml is not None and self.pdb is None:
+            raise LssError(f"[{where}] xml needs pdb (the topology and starting positions)")
+        if not isinstance(self.parameters, dict):
+            raise LssError(f"{where}.parameters must be a table")
+        for key in ("temperature", "timestep", "friction"):
+            positive_float(getattr(self, key), f"{where}.{key}")
+
+
+@dataclass
+class MDConfig:
+    walkers: int = 4
+    steps: Any = 10_000
+    report_interval: Any = 100
+    restart_every: int = 1
+    features: Any = "auto"
+    atoms: Any = "all"
+    flush_interval: int = 100
+
+    def check(self, where: str) -> None:
+        _int(self.walkers, f"{where}.walkers")
+        _steps_or_time(self.steps, f"{where}.steps")
+        _steps_or_time(self.report_interval, f"{where}.report_interval")
+        _int(self.restart_every, f"{where}.restart_every")
+        _int(self.flush_interval, f"{where}.flush_interval")
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "srv"
+    lag: Any = 5
+    dim: int = 2
+    epochs: int = 20
+    restarts: int = 1
+    batch_size: int = 1000
+    lr: float = 5e-4
+    hidden: list | None = None
+    ensemble: int = 1  # encoders trained per round (different seeds); > 1 for the "uncertainty" ranker
+    warm_start: bool = True
+    val_split: str = "auto"
+
+    def check(self, where: str) -> None:
+        if self.kind not in ("srv", "vampnet"):
+            raise LssError(f"{where}.kind must be srv or vampnet, got {self.kind!r}")
+        for key in ("dim", "epochs", "restarts", "batch_size", "ensemble"):
+            _int(getattr(self, key), f"{where}.{key}")
+        positive_float(self.lr, f"{where}.lr")
+        _steps_or_time(self.lag, f"{where}.lag")
+
+
+@dataclass
+class RankerConfig:
+    name: str = "counts"
+    cells: int = 30
+    diversity: str = "farthest"
+    ucb_c: float = 1.0  # UCB1 exploration constant
+    dream_steps: int = 50  # latent-simulator steps per dreamed walker ("dream")
+    dream_walkers: int = 8  # dreamed walkers per candidate frame
+    candidates: int = 500  # candidate frames scored per round (a spread subsample of the restartable frames)
+
+    def check(self, where: str) -> None:
+        if self.name not in RANKERS:
+            raise LssError(f"{where}.name must be one of {', '.join(RANKERS)}, got {self.name!r}")
+        if self.diversity not in ("farthest", "none"):
+            raise LssError(f"{where}.diversity must be farthest or none, got {self.diversity!r}")
+        _int(self.cells, f"{where}.cells", 2)
+        positive_float(self.ucb_c, f"{where}.ucb_c", allow_zero=True)
+        for key in ("dream_steps", "dream_walkers", "candidates"):
+            _int(getattr(self, key), f"{where}.{key}")
+
+
+@dataclass
+class StopConfig:
+    max_rounds: int = 10
+    md_budget: Any = None  # total MD steps (or a time) over all walkers; None: no budget
+    plateau_rounds: int = 0  # 0: off
+    timescale_tolerance: float = 2.0  # "stable": |Δt| below this many block errors
+
+    def check(self, where: str) -> None:
+        _int(self.max_rounds, f"{where}.max_rounds")
+        if self.md_budget is not None:
+            _steps_or_time(self.md_budget, f"{where}.md_budget")
+        _int(self.plateau_rounds, f"{where}.plateau_rounds", 0)
+        positive_float(self.timescale_tolerance, f"{where}.timescale_tolerance")
+
+
+@dataclass
+class ClusterConfig:
+    kind: str = "local"
+    workers: int | None = None  # local/processes: default one per usable core
+    address: str | None = None  # kind = "address": a running scheduler
+    gpus: int = 0  # declared GPUs: MD tasks then ask for resources={"GPU": 1}
+    retries: int = 2  # re-runs of a walker that raised (fresh velocities each time)
+    slurm: dict = field(default_factory=dict)  # lss_engine.campaign.hpc.SlurmSettings
+    jobs: int = 1  # slurm: jobs to start
+
+    def check(self, where: str) -> None:
+        if self.kind not in CLUSTER_KINDS:
+            raise LssError(f"{where}.kind must be one of {', '.join(CLUSTER_KINDS)}, got {self.kind!r}")
+        if self.workers is not None:
+            _int(self.workers, f"{where}.workers")
+        if self.kind == "address" and not self.address:
+            raise LssError(f"{where}.kind = \"address\" needs {where}.address (the scheduler's address)")
+        _int(self.gpus, f"{where}.gpus", 0)
+        _int(self.retries, f"{where}.retries", 0)
+        _int(self.jobs, f"{where}.jobs")
+
+
+@dataclass
+class CampaignConfig:
+    """The whole configuration (see the module docstring for the TOML form)."""
+
+    system: SystemConfig
+    md: MDConfig = field(default_factory=MDConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ranker: RankerConfig = field(default_factory=RankerConfig)
+    stop: StopConfig = field(default_factory=StopConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    seed: int = 0
+
+    @classmethod
+    def from_mapping(cls, doc: dict, base: Path | None = None) -> "CampaignConfig":
+        """Check a parsed TOML document; relative file paths are taken relative to ``base``."""
+        if not isinstance(doc, dict):
+            raise LssError("a campaign config must be a table")
+        parts = {"system": SystemConfig, "md": MDConfig, "model": ModelConfig, "ranker": RankerConfig,
+                 "stop": StopConfig, "cluster": ClusterConfig}
+        for key in doc:
+            if key not in (*parts, "seed", "schema_version"):
+                raise LssError(f"unknown key {key} in the campaign config (valid: {', '.join([*parts, 'seed'])})")
+        if "system" not in doc:
+            raise LssError("the campaign config needs a [system] table")
+        version = doc.get("schema_version", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            raise LssError(f"campaign config schema_version {version!r} is not supported (this lss_engine "
+                           f"reads {SCHEMA_VERSION})")
+        built = {key: _take(doc.get(key, {}), kind, key) for key, kind in parts.items()}
+        system = built["system"]
+        if base is not None:
+            for key in ("xml", "pdb", "state"):
+                value = getattr(system, key)
+                if value is not None and not Path(value).is_absolute():
+                    setattr(system, key, str((base / value).resolve()))
+        seed = doc.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise LssError(f"seed must be a non-negative integer, got {seed!r}")
+        return cls(seed=seed, **built)
+
+    def to_dict(self) -> dict:
+        return {"schema_version": SCHEMA_VERSION, **asdict(self)}
+
+
+def load_config(path: str | Path) -> CampaignConfig:
+    """Read and check ``campaign.toml`` (one-line :class:`LssError` for a missing or bad file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LssError(f"{path}: no such config file")
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise LssError(f"{path}: not valid TOML: {' '.join(str(exc).split())}") from None
+    return CampaignConfig.from_mapping(doc, base=path.resolve().parent)

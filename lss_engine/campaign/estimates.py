@@ -1,0 +1,449 @@
+r"""Equilibrium estimates from adaptive-sampling walkers: a reversible MSM on latent clusters.
+
+Why the raw frames are biased
+-----------------------------
+An adaptive-sampling campaign restarts many short walkers from frames it
+chose (rare states, cluster edges, ...).  Walker :math:`k` starts from a
+distribution :math:`ρ_0^{(k)}` and its frame at time :math:`t` is distributed
+as :math:`ρ_t^{(k)}(x) = \int ρ_0^{(k)}(y)\, p_t(y \to x)\, dy`, which equals the
+Boltzmann density :math:`μ(x) ∝ e^{-βU(x)}` only for :math:`t` much longer
+than the slowest relaxation time.  The walkers are short by design, so the
+pooled histogram :math:`\sum_k ρ^{(k)}` remembers where the campaign put the
+walkers, not the equilibrium populations: free energies, state populations
+and rates taken from it are biased (by several kT for walkers seeded in a
+metastable well).
+
+Markov reweighting
+------------------
+The *transition probabilities* are not biased: a pair :math:`(x_t, x_{t+τ})`
+inside a walker samples :math:`p_τ(x_t \to \cdot)` whatever :math:`x_t`'s
+distribution.  So the pooled latent coordinates are clustered by k-means into
+:math:`n` microstates, the sliding-window counts
+:math:`c_{ij}(τ)` (no pair crosses two walkers) give the reversible maximum
+likelihood transition matrix on the largest strongly connected set
+(:func:`lss_engine.kinetics.msm.estimate_msm`; detailed balance
+:math:`π_i T_{ij} = π_j T_{ji}` holds for equilibrium dynamics), and its
+stationary vector :math:`π` (:math:`π^\top T = π^\top`) is the equilibrium
+probability of each microstate.  It is correct when the frames *inside* each
+microstate are locally equilibrated (small clusters, lag longer than the
+intra-cluster relaxation); the walkers' starting distribution over the
+microstates does not matter.
+
+Each frame :math:`t` in microstate :math:`s_t` gets the weight
+
+.. math:: w_t = \frac{π_{s_t}}{N_{s_t}}, \qquad
+          N_i = \#\{t : s_t = i\}\ (\text{all frames of all walkers}),
+
+and :math:`w_t = 0` outside the active set, so :math:`\sum_t w_t = 1` and
+:math:`\sum_{t: s_t = i} w_t = π_i`.  The equilibrium expectation of any
+observable :math:`A` is :math:`\langle A \rangle ≈ \sum_t w_t A(x_t)`: within
+a microstate the frames are averaged uniformly, across microstates by
+:math:`π`.  Free-energy profiles are weighted histograms
+(:func:`lss_engine.kinetics.fes.free_energy` with these weights); the
+population of a set of frames :math:`A` is
+:math:`P(A) = \sum_t w_t 1[x_t ∈ A] = \sum_i π_i f_i(A)` with :math:`f_i(A)`
+the fraction of microstate :math:`i`'s frames in :math:`A`.
+
+Kinetics: implied timescales :math:`t_k = -τΔt / \ln λ_k` of :math:`T`, and
+mean first-passage times between frame sets mapped onto microstates by
+majority (:func:`lss_engine.kinetics.msm.mfpt_msm`).
+
+Errors: a bootstrap over walkers (whole walkers are resampled with
+replacement; fewer than 10 walkers are cut into pieces,
+:func:`lss_engine.kinetics._util.bootstrap_units`) re-estimates the MSM on the
+*same* clusters; standard errors are the standard deviation (ddof=1) of the
+bootstrap estimates.  Clustering uncertainty is not included.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import LssError
+from ..kinetics._util import as_trajectories, bootstrap_units, check_dt, jsonify
+from ..kinetics.cluster import KMeans, kmeans
+from ..kinetics.fes import FreeEnergyProfile, free_energy, free_energy_1d
+from ..kinetics.msm import (MSM, estimate_msm, largest_connected_set, stationary_distribution,
+                            transition_matrix_reversible)
+
+__all__ = ["MarkovEstimate", "frame_weights", "majority_states", "markov_estimate", "set_fractions"]
+
+#: Masks or observables given per walker (one array per trajectory).
+PerTrajectory = Sequence[np.ndarray]
+
+
+# ----------------------------------------------------------------------- helpers
+def frame_weights(labels: PerTrajectory, stationary: np.ndarray) -> list[np.ndarray]:
+    r"""Per-frame equilibrium weights :math:`w_t = π_{s_t} / N_{s_t}`.
+
+    Parameters
+    ----------
+    labels
+        Microstate label per frame, one integer array per trajectory.
+    stationary
+        :math:`π` over all ``n`` microstates (zero outside the active set).
+
+    Returns
+    -------
+    list of ndarray
+        Weights per trajectory; they sum to :math:`\sum_i π_i` (1) over all
+        frames; frames of microstates with :math:`π_i = 0` weigh 0.
+    """
+    pi = np.asarray(stationary, dtype=float)
+    N = np.bincount(np.concatenate(labels), minlength=len(pi)).astype(float)
+    per_state = np.divide(pi, N, out=np.zeros_like(pi), where=N > 0)
+    return [per_state[np.asarray(lab)] for lab in labels]
+
+
+def _as_masks(masks: PerTrajectory, labels: PerTrajectory, name: str) -> np.ndarray:
+    """Concatenated boolean mask, checked frame for frame against ``labels``."""
+    if isinstance(masks, np.ndarray) and len(labels) == 1 and masks.ndim == 1:
+        masks = [masks]
+    masks = list(masks)
+    if len(masks) != len(labels):
+        raise LssError(f"{name}: {len(masks)} arrays for {len(labels)} trajectories")
+    out = []
+    for i, (m, lab) in enumerate(zip(masks, labels)):
+        m = np.asarray(m)
+        if m.shape != lab.shape:
+            raise LssError(f"{name}[{i}] has shape {m.shape}, trajectory {i} has {lab.shape[0]} frames")
+        out.append(m.astype(bool))
+    return np.concatenate(out)
+
+
+def set_fractions(labels: PerTrajectory, masks: PerTrajectory, n_states: int) -> np.ndarray:
+    r"""Fraction :math:`f_i(A) = \#\{t: s_t = i, x_t ∈ A\} / N_i` of each microstate's frames in a set.
+
+    Microstates without frames get 0.
+    """
+    labels = [np.asarray(lab) for lab in labels]
+    m = _as_masks(masks, labels, "masks")
+    s = np.concatenate(labels)
+    N = np.bincount(s, minlength=n_states).astype(float)
+    inside = np.bincount(s, weights=m.astype(float), minlength=n_states)
+    return np.divide(inside, N, out=np.zeros(n_states), where=N > 0)
+
+
+def majority_states(labels: PerTrajectory, masks: PerTrajectory, n_states: int) -> np.ndarray:
+    """Microstates most of whose frames lie in the set (:math:`f_i(A) > 1/2`)."""
+    return np.flatnonzero(set_fractions(labels, masks, n_states) > 0.5)
+
+
+def _boot_se(samples: np.ndarray) -> np.ndarray:
+    """Bootstrap standard error: std (ddof=1) over the finite samples (axis 0); NaN below two."""
+    v = np.asarray(samples, dtype=float)
+    if v.ndim == 0 or v.shape[0] == 0:
+        return np.full(v.shape[1:], np.nan)
+    ok = np.isfinite(v)
+    n = ok.sum(axis=0)
+    mean = np.where(ok, v, 0.0).sum(axis=0) / np.maximum(n, 1)
+    var = np.where(ok, (v - mean) ** 2, 0.0).sum(axis=0) / np.maximum(n - 1, 1)
+    return np.where(n >= 2, np.sqrt(var), np.nan)
+
+
+def _msm_from_counts(C: np.ndarray, lag: int, dt: float, tol: float = 1e-10) -> MSM | None:
+    """Reversible MLE MSM of a full count matrix (largest strongly connected set).
+
+    ``tol`` (relative change of :math:`π` per iteration) is looser than
+    :func:`estimate_msm`'s 1e-12: bootstrap spreads are many orders larger.
+    """
+    if C.sum() == 0:
+        return None
+    active = largest_connected_set(C, directed=True)
+    Ca = C[np.ix_(active, active)]
+    T = transition_matrix_reversible(Ca, tol=tol)
+    return MSM(T, stationary_distribution(T), Ca, active, C.shape[0], lag, dt, True)
+
+
+def _bootstrap_msms(labels: list[np.ndarray], lag: int, dt: float, n_states: int, n_boot: int,
+                    seed: int) -> list[MSM]:
+    r"""MSMs of ``n_boot`` bootstrap samples of the walkers (same clusters).
+
+    Each unit's transition pairs are coded once as :math:`i n + j`; a sample
+    with multiplicities :math:`m_u` has counts
+    :math:`c_{ij} = \sum_u m_u c^{(u)}_{ij}` (one weighted ``bincount``).
+    """
+    if n_boot <= 0:
+        return []
+    units = bootstrap_units(labels, min_units=10)
+    codes, owner = [], []
+    for u, d in enumerate(units):
+        if len(d) > lag:
+            a, b = d[:-lag], d[lag:]
+            codes.append(a * n_states + b)
+            owner.append(np.full(len(a), u))
+    if not codes:
+        return []
+    codes_all, owner_all = np.concatenate(codes), np.concatenate(owner)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(int(n_boot)):
+        mult = np.bincount(rng.integers(0, len(units), len(units)), minlength=len(units))
+        C = np.bincount(codes_all, weights=mult[owner_all].astype(float),
+                        minlength=n_states * n_states).reshape(n_states, n_states)
+        msm = _msm_from_counts(C, lag, dt)
+        if msm is not None:
+            out.append(msm)
+    return out
+
+
+def _padded_timescales(msm: MSM, k: int) -> np.ndarray:
+    ts = msm.timescales(min(k, msm.n_active - 1)) if msm.n_active > 1 else np.zeros(0)
+    out = np.full(k, np.nan)
+    out[:len(ts)] = ts
+    return out
+
+
+# ------------------------------------------------------------------------ result
+@dataclass
+class MarkovEstimate:
+    r"""Equilibrium and kinetic estimates of a walker ensemble from a reversible MSM.
+
+    Attributes
+    ----------
+    msm
+        The reversible MLE :class:`~lss_engine.kinetics.msm.MSM` on the
+        latent microstates.
+    clustering
+        The k-means centres in latent space (:meth:`KMeans.assign` labels new frames).
+    labels
+        Microstate label of every frame, one array per trajectory.
+    weights
+        Equilibrium weight :math:`w_t = π_{s_t}/N_{s_t}` of every frame, one
+        array per trajectory (0 outside the active set; all sum to 1).
+    timescales_ps
+        Leading implied timescales :math:`-τΔt/\ln λ_k`, ps.
+    timescales_se_ps
+        Bootstrap standard errors of ``timescales_ps`` (NaN without bootstrap).
+    stationary
+        :math:`π` over all microstates (0 outside the active set).
+    stationary_se
+        Bootstrap standard error of ``stationary``.
+    active_set
+        Microstates of the largest strongly connected set.
+    method
+        ``"reversible MSM on k latent clusters, lag τ"``.
+    lag, dt
+        Lag in frames and frame interval in ps.
+    fes
+        Free-energy profiles of the observables passed to :func:`markov_estimate`.
+    bootstrap
+        The bootstrap MSMs (same clusters, walkers resampled).
+    """
+
+    msm: MSM
+    clustering: KMeans
+    labels: list[np.ndarray]
+    weights: list[np.ndarray]
+    timescales_ps: np.ndarray
+    timescales_se_ps: np.ndarray
+    stationary: np.ndarray
+    stationary_se: np.ndarray
+    active_set: np.ndarray
+    method: str
+    lag: int
+    dt: float
+    fes: dict[str, FreeEnergyProfile] = field(default_factory=dict)
+    bootstrap: list[MSM] = field(default_factory=list, repr=False)
+
+    # --------------------------------------------------------------- basics
+    @property
+    def n_clusters(self) -> int:
+        return len(self.stationary)
+
+    @property
+    def lag_time_ps(self) -> float:
+        return self.lag * self.dt
+
+    @property
+    def n_frames(self) -> int:
+        return int(sum(len(lab) for lab in self.labels))
+
+    @property
+    def active_fraction(self) -> float:
+        """Fraction of frames in active microstates (the others weigh 0)."""
+        s = np.concatenate(self.labels)
+        return float(np.isin(s, self.active_set).mean())
+
+    # ------------------------------------------------------------ estimates
+    def free_energy(self, values: PerTrajectory, bins: Any = 50, range: Any = None, *,
+                    n_blocks: int = 5, kT: float = 1.0) -> FreeEnergyProfile:
+        r"""Equilibrium free-energy profile :math:`F = -\ln p` (kT) of an observable.
+
+        A histogram of ``values`` weighted by :attr:`weights`
+        (:func:`lss_engine.kinetics.fes.free_energy`):
+        :math:`p_b ∝ \sum_{t: x_t ∈ b} w_t / V_b`.
+
+        Parameters
+        ----------
+        values
+            One array per trajectory, ``(frames,)`` for 1-D or ``(frames, 2)``
+            for 2-D profiles.
+        bins
+            Number of bins or edges (1-D: an edge array).
+        range
+            1-D: ``(lo, hi)``; 2-D: ``[(lo, hi), (lo, hi)]``; default: data extent.
+        n_blocks, kT
+            As in :func:`~lss_engine.kinetics.fes.free_energy`.  The block
+            errors are the histogram's only (weights held fixed).
+        """
+        vals = as_trajectories(list(values) if not isinstance(values, np.ndarray) else [values],
+                               dtype=float, name="values")
+        if len(vals) != len(self.labels) or any(len(v) != len(lab) for v, lab in zip(vals, self.labels)):
+            raise LssError("values must hold one array per trajectory with one row per frame")
+        if all(v.ndim == 1 for v in vals):
+            return free_energy_1d(vals, bins, range=range, weights=self.weights,
+                                  n_blocks=n_blocks, kT=kT)
+        return free_energy(vals, bins, range=range, weights=self.weights, n_blocks=n_blocks, kT=kT)
+
+    def populations(self, masks: Mapping[str, PerTrajectory]) -> dict[str, float]:
+        r"""Equilibrium populations :math:`P(A) = \sum_i π_i f_i(A)` of frame sets.
+
+        ``masks``: name → one boolean array per trajectory (frames in the set).
+        """
+        return {name: float(self.stationary @ set_fractions(self.labels, m, self.n_clusters))
+                for name, m in masks.items()}
+
+    def populations_se(self, masks: Mapping[str, PerTrajectory]) -> dict[str, float]:
+        """Bootstrap standard errors of :meth:`populations` (NaN without bootstrap)."""
+        out = {}
+        for name, m in masks.items():
+            f = set_fractions(self.labels, m, self.n_clusters)
+            samples = np.array([b.full_stationary_distribution() @ f for b in self.bootstrap])
+            out[name] = float(_boot_se(samples)) if self.bootstrap else float("nan")
+        return out
+
+    def _sets(self, source: PerTrajectory, target: PerTrajectory) -> tuple[np.ndarray, np.ndarray]:
+        a = majority_states(self.labels, source, self.n_clusters)
+        b = majority_states(self.labels, target, self.n_clusters)
+        if np.intersect1d(a, b).size:
+            raise LssError("source and target sets share microstates (overlapping masks)")
+        return a, b
+
+    def mfpt(self, source: PerTrajectory, target: PerTrajectory) -> float:
+        r"""Mean first-passage time (ps) from frame set A to frame set B.
+
+        A microstate belongs to a set when most of its frames do
+        (:func:`majority_states`); then :func:`~lss_engine.kinetics.msm.mfpt_msm`
+        solves :math:`(I - T_{\bar B\bar B}) m = 1` and averages :math:`m` over
+        A's microstates with weights :math:`π`.
+
+        Parameters
+        ----------
+        source, target
+            One boolean array per trajectory: frames in A, frames in B.
+        """
+        a, b = self._sets(source, target)
+        return self.msm.mfpt(a, b)
+
+    def mfpt_se(self, source: PerTrajectory, target: PerTrajectory) -> float:
+        """Bootstrap standard error of :meth:`mfpt` (same microstate sets; NaN without bootstrap)."""
+        a, b = self._sets(source, target)
+        samples = []
+        for msm in self.bootstrap:
+            try:
+                samples.append(msm.mfpt(a, b))
+            except LssError:
+                samples.append(np.nan)
+        return float(_boot_se(np.array(samples))) if samples else float("nan")
+
+    def to_dict(self) -> dict:
+        """Strict-JSON summary (per-frame labels and weights are left out)."""
+        return jsonify({
+            "method": self.method, "lag": self.lag, "dt": self.dt, "lag_time_ps": self.lag_time_ps,
+            "n_clusters": self.n_clusters, "n_trajectories": len(self.labels),
+            "n_frames": self.n_frames, "active_fraction": self.active_fraction,
+            "active_set": self.active_set, "stationary": self.stationary,
+            "stationary_se": self.stationary_se, "timescales_ps": self.timescales_ps,
+            "timescales_se_ps": self.timescales_se_ps, "n_bootstrap": len(self.bootstrap),
+            "cluster_centers": self.clustering.centers, "msm": self.msm.to_dict(),
+            "fes": {k: v.to_dict() for k, v in self.fes.items()},
+        })
+
+
+# --------------------------------------------------------------------- estimator
+def markov_estimate(latent: list[np.ndarray], lag: int, dt: float, *, n_clusters: int = 100,
+                    seed: int = 0, observables: dict[str, list[np.ndarray]] | None = None,
+                    n_timescales: int = 5, n_boot: int = 20, fes_bins: Any = 50) -> MarkovEstimate:
+    r"""Reversible-MSM reweighting of walker frames in a learned latent space.
+
+    1. k-means (k-means++ seeding, :func:`lss_engine.kinetics.cluster.kmeans`)
+       on the pooled latent frames gives microstate labels :math:`s_t`.
+    2. Sliding-window counts :math:`c_{ij}(τ)` within each walker (a walker is
+       its own trajectory; no pair crosses two walkers) and the reversible MLE
+
+       .. math:: \max_T \sum_{ij} c_{ij} \ln T_{ij}
+                 \quad\text{s.t.}\quad π_i T_{ij} = π_j T_{ji},
+
+       on the largest strongly connected set (:func:`~lss_engine.kinetics.msm.estimate_msm`),
+       whose stationary vector :math:`π` is the equilibrium probability of
+       each microstate, independent of where the walkers were started.
+    3. Frame weights :math:`w_t = π_{s_t} / N_{s_t}` (:math:`N_i` frames in
+       microstate :math:`i`; 0 outside the active set), so that weighted
+       averages/histograms of any observable are equilibrium estimates, while
+       the raw (unweighted) histogram of restarted walkers reflects the
+       campaign's choice of starting frames.
+    4. Implied timescales :math:`t_k = -τΔt/\ln λ_k` (ps) and, with
+       ``n_boot`` > 0, bootstrap errors over walkers (same clusters).
+
+    See the module docstring for why this removes the restart bias and when
+    it holds (local equilibrium inside microstates at lag τ).
+
+    Parameters
+    ----------
+    latent
+        Latent coordinates, one ``(n_i, d)`` (or ``(n_i,)``) array per walker.
+    lag
+        Lag τ in frames (>= 1).
+    dt
+        Frame interval Δt in ps.
+    n_clusters
+        k-means microstates (capped at the number of frames).
+    seed
+        k-means and bootstrap seed.
+    observables
+        name → one array per walker; a weighted free-energy profile of each
+        is stored in :attr:`MarkovEstimate.fes` (``fes_bins`` bins).
+    n_timescales
+        How many implied timescales to report.
+    n_boot
+        Bootstrap samples over walkers (0: no errors).
+    fes_bins
+        Bins of the observables' profiles.
+
+    Returns
+    -------
+    MarkovEstimate
+    """
+    X = as_trajectories(list(latent) if not isinstance(latent, np.ndarray) else [latent],
+                        dtype=float, ndim=2, name="latent")
+    if any(len(x) == 0 for x in X):
+        raise LssError("latent: every walker needs at least one frame")
+    dt = check_dt(dt)
+    lag = int(lag)
+    if lag < 1:
+        raise LssError(f"lag must be >= 1 frame, got {lag}")
+    if int(n_clusters) < 1:
+        raise LssError(f"n_clusters must be >= 1, got {n_clusters}")
+    clustering = kmeans(X, int(n_clusters), seed=seed)
+    k = len(clustering.centers)
+    labels = np.split(clustering.assign(np.concatenate(X)), np.cumsum([len(x) for x in X])[:-1])
+    msm = estimate_msm(labels, lag, reversible=True, n_states=k, dt=dt)
+    pi = msm.full_stationary_distribution()
+    boots = _bootstrap_msms(labels, lag, dt, k, n_boot, seed)
+    ts = _padded_timescales(msm, int(n_timescales))
+    ts_se = _boot_se(np.array([_padded_timescales(b, int(n_timescales)) for b in boots])) \
+        if boots else np.full(int(n_timescales), np.nan)
+    pi_se = _boot_se(np.array([b.full_stationary_distribution() for b in boots])) \
+        if boots else np.full(k, np.nan)
+    est = MarkovEstimate(
+        msm=msm, clustering=clustering, labels=labels, weights=frame_weights(labels, pi),
+        timescales_ps=ts, timescales_se_ps=ts_se, stationary=pi, stationary_se=pi_se,
+        active_set=msm.active_set.copy(), lag=lag, dt=dt, bootstrap=boots,
+        method=f"reversible MSM on {k} latent clusters, lag {lag} frames ({lag * dt:g} ps)")
+    for name, values in (observables or {}).items():
+        est.fes[name] = est.free_energy(values, fes_bins)
+    return est

@@ -1,0 +1,195 @@
+r"""Which frames to restart from: rankers over latent cells, and a diverse batch.
+
+Every ranker sees one :class:`RankInput` — the campaign's frames in the
+current model's latent space, cut into cells by k-means — and returns one
+score per candidate frame (higher: restart there).  Candidates are always
+real frames (ones whose full-system positions were saved).
+:func:`select_batch` then picks the batch: the best-scored candidates,
+spread out in latent space.
+
+Rankers
+-------
+``counts`` (HTMD's :math:`1/M_c`)
+    :math:`s = 1/N_c`, with :math:`N_c` the frames in the candidate's cell.
+``ucb`` (UCB1 over cells)
+    Each cell is an arm; a walker started from cell :math:`c` earned the
+    reward :math:`r \in [0, 1]`: the share of its frames that fell in *rare*
+    cells (fewer frames than the median cell).  With :math:`n_c` walkers
+    started from :math:`c`, :math:`n` in all,
+    :math:`s = \bar r_c + C\sqrt{2\ln n / n_c}` (unplayed arms: :math:`+\infty`,
+    ties broken by :math:`1/N_c`).
+``uncertainty`` (the LSS paper's "known unknowns")
+    An ensemble of :math:`m` encoders trained on the same data with different
+    seeds, each aligned to the first (:func:`align_gauge`).  The disagreement
+    at a frame is :math:`\sigma(x) = \sqrt{\sum_k \operatorname{Var}_m
+    \psi_k(x)}`; :math:`s = \sigma(x)/\sqrt{N_c}`: uncertain *and* rarely
+    sampled.
+``dream`` (the campaign's own generative simulator)
+    The campaign's latent propagator (an MDN trained on this round's latent
+    trajectories) runs :math:`W_d` synthetic walkers of :math:`T_d` steps from
+    each candidate; :math:`s` is the mean over their frames of
+    :math:`1/N_{c(\psi)}`, with frames farther from every cell centre than
+    the largest cell radius counted as a new cell (:math:`N = 1`): the
+    frames from which the model *dreams* of reaching rare or unseen regions.
+``random``
+    Uniform scores (a control).
+
+Plain MD (``continue``) is not a ranker: each walker continues from its own
+last state (see :mod:`.driver`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+__all__ = ["RankInput", "align_gauge", "rank", "select_batch", "RANKER_FUNCTIONS"]
+
+
+@dataclass
+class RankInput:
+    """What a ranker sees.
+
+    Attributes
+    ----------
+    latent
+        ``(n_frames, d)``: every committed frame of the campaign, pooled.
+    labels
+        ``(n_frames,)``: each frame's cell.
+    centers
+        ``(n_cells, d)``: the cells' centres.
+    candidates
+        Indices into ``latent`` of the frames that can seed a walker.
+    seeds_cells, rewards
+        UCB: for each earlier walker, the cell of its seed frame and its
+        reward in [0, 1] (see the module docstring).
+    ensemble
+        ``(m, n_candidates, d)``: the candidates' latent coordinates under
+        every ensemble member (gauge-aligned), or ``None``.
+    dream
+        ``f(starts (n, d)) -> (n, walkers, steps, d)``: the latent simulator, or ``None``.
+    """
+
+    latent: np.ndarray
+    labels: np.ndarray
+    centers: np.ndarray
+    candidates: np.ndarray
+    rng: np.random.Generator
+    seeds_cells: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+    rewards: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    ensemble: np.ndarray | None = None
+    dream: Callable[[np.ndarray], np.ndarray] | None = None
+    ucb_c: float = 1.0
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=len(self.centers)).astype(float)
+
+
+def _inverse_counts(inp: RankInput) -> np.ndarray:
+    return 1.0 / np.maximum(inp.counts[inp.labels[inp.candidates]], 1.0)
+
+
+def _ucb(inp: RankInput) -> np.ndarray:
+    n_cells = len(inp.centers)
+    plays = np.bincount(inp.seeds_cells, minlength=n_cells).astype(float)
+    total = np.bincount(inp.seeds_cells, weights=inp.rewards, minlength=n_cells)
+    n = max(plays.sum(), 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        arm = np.where(plays > 0, total / np.maximum(plays, 1) + inp.ucb_c * np.sqrt(2 * np.log(n) / plays),
+                       np.inf)
+    score = arm[inp.labels[inp.candidates]]
+    tie = _inverse_counts(inp)  # < 1: only orders candidates within one arm value
+    return np.where(np.isinf(score), 1e6, score) + 1e-3 * tie
+
+
+def _uncertainty(inp: RankInput) -> np.ndarray:
+    if inp.ensemble is None or len(inp.ensemble) < 2:
+        raise ValueError("the uncertainty ranker needs an ensemble of at least 2 encoders (model.ensemble >= 2)")
+    sigma = np.sqrt(np.var(inp.ensemble, axis=0).sum(axis=-1))
+    return sigma * np.sqrt(_inverse_counts(inp))
+
+
+def _dream(inp: RankInput) -> np.ndarray:
+    if inp.dream is None:
+        raise ValueError("the dream ranker needs the campaign's latent simulator")
+    paths = inp.dream(inp.latent[inp.candidates])  # (n, walkers, steps, d)
+    flat = paths.reshape(-1, paths.shape[-1])
+    dist = np.linalg.norm(flat[:, None, :] - inp.centers[None], axis=-1)
+    cell = dist.argmin(axis=1)
+    radius = np.array([np.linalg.norm(inp.latent[inp.labels == c] - inp.centers[c], axis=1).max(initial=0.0)
+                       for c in range(len(inp.centers))])
+    new = dist[np.arange(len(flat)), cell] > radius.max()
+    value = np.where(new, 1.0, 1.0 / np.maximum(inp.counts[cell], 1.0))
+    return value.reshape(paths.shape[0], -1).mean(axis=1)
+
+
+def _random(inp: RankInput) -> np.ndarray:
+    return inp.rng.random(len(inp.candidates))
+
+
+RANKER_FUNCTIONS: dict[str, Callable[[RankInput], np.ndarray]] = {
+    "counts": _inverse_counts, "ucb": _ucb, "uncertainty": _uncertainty, "dream": _dream, "random": _random}
+
+
+def rank(name: str, inp: RankInput) -> np.ndarray:
+    """Scores of ``inp.candidates`` under the ranker ``name`` (higher: restart there)."""
+    return np.asarray(RANKER_FUNCTIONS[name](inp), dtype=float)
+
+
+def select_batch(points: np.ndarray, scores: np.ndarray, k: int, *, diversity: str = "farthest",
+                 pool: int | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Indices of ``k`` candidates: the best-scored ones, spread out in latent space.
+
+    ``diversity="farthest"``: from the ``pool`` best candidates (default
+    ``4k``; ties in score broken at random) take the best one, then
+    repeatedly the one farthest (in latent distance) from those taken — FAST's
+    point that a batch of neighbours is one walker's worth of information.
+    ``"none"``: the ``k`` best.  Fewer than ``k`` candidates are reused in turn.
+    """
+    points, scores = np.asarray(points, float), np.asarray(scores, float)
+    n = len(scores)
+    if n == 0:
+        raise ValueError("no candidate frames to select from")
+    rng = rng or np.random.default_rng(0)
+    order = np.lexsort((rng.random(n), -scores))  # best first, random among equals
+    if diversity == "none" or n <= 1:
+        return order[np.arange(k) % n]
+    top = order[:min(n, pool or 4 * k)]
+    chosen = [top[0]]
+    gap = np.linalg.norm(points[top] - points[top[0]], axis=1)
+    while len(chosen) < min(k, len(top)):
+        nxt = int(np.argmax(gap))
+        chosen.append(top[nxt])
+        gap = np.minimum(gap, np.linalg.norm(points[top] - points[top[nxt]], axis=1))
+    chosen = np.array(chosen)
+    return chosen[np.arange(k) % len(chosen)]
+
+
+def align_gauge(reference: np.ndarray, latent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Permutation and signs that map ``latent``'s coordinates onto ``reference``'s (same frames).
+
+    SRV/VAMP coordinates are defined up to sign, and near-degenerate ones up
+    to order.  With :math:`\\rho_{ij}` the correlation of reference
+    coordinate :math:`i` and new coordinate :math:`j`, the assignment
+    maximising :math:`\\sum_i |\\rho_{i\\pi(i)}|` (Hungarian) gives the order
+    and :math:`\\operatorname{sign}\\rho_{i\\pi(i)}` the signs:
+    ``aligned = latent[:, perm] * signs``.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    reference, latent = np.asarray(reference, float), np.asarray(latent, float)
+    d = min(reference.shape[1], latent.shape[1])
+    a = (reference[:, :d] - reference[:, :d].mean(0)) / (reference[:, :d].std(0) + 1e-12)
+    b = (latent - latent.mean(0)) / (latent.std(0) + 1e-12)
+    rho = a.T @ b / len(a)
+    rows, cols = linear_sum_assignment(-np.abs(rho))
+    perm = np.arange(latent.shape[1])
+    perm[:d] = cols[np.argsort(rows)]
+    rest = [j for j in range(latent.shape[1]) if j not in set(perm[:d].tolist())]
+    perm[d:] = rest
+    signs = np.ones(latent.shape[1])
+    signs[:d] = np.sign(rho[np.arange(d), perm[:d]])
+    signs[signs == 0] = 1.0
+    return perm, signs

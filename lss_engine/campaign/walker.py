@@ -1,0 +1,213 @@
+"""One walker attempt: the task a campaign sends to a worker, and what it leaves on disk.
+
+A task (a plain JSON-able dict, so any executor can ship it) says which system,
+which seed frame, which velocity seed and how many steps.  :func:`run_walker`
+runs it with :func:`lss_engine.md.run_md` into a fresh *execution folder*
+
+    attempts/r003/w001/a2-<token>/
+        md.zarr            the walker's frames (the campaign's feature spec, its saved atoms)
+        restarts.zarr      full-system positions and box every ``restart_interval`` steps
+        done.json          written last (atomically): the result, with the SHA-256 of both stores
+
+``<token>`` is drawn inside the task, so a task that Dask re-runs after its
+worker died (same arguments) writes elsewhere, and a zombie execution still
+running somewhere can never write into the folder the campaign committed.  A
+folder without ``done.json`` is unfinished and is removed by the driver.
+
+Restarts are real frames: positions (and box) of a frame saved by an earlier
+walker, or an OpenMM State XML; velocities are drawn fresh from
+Maxwell–Boltzmann at the system's temperature with the recorded seed, unless
+the seed is a State XML with velocities and ``keep_velocities`` is set (plain
+MD continuing a walker).  Nothing is ever minimised.
+
+Warm Contexts: each worker process keeps one ``Simulation`` per system
+(keyed by :func:`lss_engine.systems.system_key`), so walkers of a tiny system
+do not pay the system build and Context creation each time.  Each task reseeds
+the integrator (``setRandomNumberSeed`` + ``Context.reinitialize``), so a
+walker's noise depends on its own seed only, warm or cold.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._helpers import atomic_write_json
+from ..errors import LssError
+
+__all__ = ["DONE", "read_done", "run_walker", "tree_hash", "warm_cache_clear"]
+
+#: The file that marks a finished execution folder.
+DONE = "done.json"
+
+_WARM: dict[str, Any] = {}  # system key -> (test system, Simulation), per worker process
+
+
+def warm_cache_clear() -> None:
+    """Forget this process's warm Simulations."""
+    _WARM.clear()
+
+
+def tree_hash(*paths: str | os.PathLike) -> str:
+    """SHA-256 over the files under ``paths`` (relative names and contents, in sorted order)."""
+    digest = hashlib.sha256()
+    for root in paths:
+        root = Path(root)
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for f in files:
+            digest.update(str(f.relative_to(root.parent)).encode() + b"\0")
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def read_done(folder: str | os.PathLike) -> dict | None:
+    """The result recorded in an execution folder, or ``None`` if it is unfinished or damaged."""
+    import json
+
+    path = Path(folder) / DONE
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(result, dict) or result.get("hash") != tree_hash(Path(folder) / "md.zarr",
+                                                                       Path(folder) / "restarts.zarr"):
+        return None
+    return result
+
+
+def _simulation(spec: dict, platform: str, warm: bool) -> tuple[Any, Any, bool]:
+    """The (test system, Simulation) for ``spec``: this process's warm one, or a new one."""
+    from ..systems import build_system, system_key
+
+    key = f"{system_key(spec)}:{platform}"
+    if warm and key in _WARM:
+        return (*_WARM[key], True)
+    test_system = build_system(spec)
+    simulation = test_system.make_simulation(platform=platform, minimize=False)
+    if warm:
+        _WARM[key] = (test_system, simulation)
+    return test_system, simulation, False
+
+
+def _seed_state(seed: dict) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Positions (nm), box vectors and velocities (or ``None``) of a seed frame."""
+    import openmm
+
+    from ..store import TrajectoryStore
+
+    if seed["kind"] == "state":
+        state = openmm.XmlSerializer.deserialize(Path(seed["path"]).read_text())
+        if not isinstance(state, openmm.State):
+            raise LssError(f"{seed['path']}: not an OpenMM State XML")
+        positions = state.getPositions(asNumpy=True)._value
+        box = state.getPeriodicBoxVectors(asNumpy=True)._value
+        try:
+            velocities = state.getVelocities(asNumpy=True)._value
+        except Exception:  # a State without velocities
+            velocities = None
+        return positions, box, velocities
+    store = TrajectoryStore(seed["path"])
+    i = int(seed["frame"])
+    positions = store.positions(i, i + 1)[0]
+    box = store.box_vectors(i, i + 1)
+    return positions, None if box is None else box[0], None
+
+
+def _inject_fault(fault: dict | None) -> None:
+    """Resilience tests: the first execution that finds no ``fault["marker"]`` file creates it and fails.
+
+    ``kind="raise"``: the task raises (as a walker whose system exploded);
+    ``kind="exit"``: the worker process dies at once (``os._exit``), leaving an
+    unfinished execution folder behind.
+    """
+    if not fault:
+        return
+    marker = Path(fault["marker"])
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    except FileExistsError:
+        return
+    os.close(fd)
+    if fault["kind"] == "exit":
+        os._exit(1)
+    raise LssError("injected failure (test)")
+
+
+def run_walker(task: dict) -> dict:
+    """Run one walker attempt (see the module docstring); return its result (also in ``done.json``).
+
+    ``task`` keys: ``out`` (the attempt's folder prefix: the execution folder
+    is ``<out>-<token>``), ``system`` (a :func:`lss_engine.systems.system_spec`),
+    ``platform``, ``seed_frame`` (``{"kind": "state", "path"}`` or
+    ``{"kind": "store", "path", "frame"}``), ``velocity_seed``,
+    ``keep_velocities``, ``steps``, ``report_interval``, ``restart_interval``,
+    ``featurizer`` (a feature spec), ``atoms``, ``flush_interval``, ``warm``;
+    optional ``fault`` (tests only, see :func:`_inject_fault`).
+    """
+    import openmm
+    from openmm import unit
+
+    from .._helpers import configure_threads
+    from ..features import featurizer_from_spec
+    from ..md import run_md
+    from ..reporters import ZarrReporter
+
+    configure_threads(1)
+    start = time.perf_counter()
+    folder = Path(f"{task['out']}-{uuid.uuid4().hex[:8]}")
+    folder.mkdir(parents=True)
+    _inject_fault(task.get("fault"))
+    test_system, simulation, was_warm = _simulation(task["system"], task.get("platform", "auto"),
+                                                   bool(task.get("warm", True)))
+    seed = int(task["velocity_seed"])
+    positions, box, velocities = _seed_state(task["seed_frame"])
+    context, integrator = simulation.context, simulation.integrator
+    integrator.setRandomNumberSeed(seed)
+    context.reinitialize()  # applies the seed: the walker's noise depends on its seed alone
+    if box is not None:
+        context.setPeriodicBoxVectors(*box)
+    context.setPositions(positions)
+    if test_system.integrator != "brownian":
+        if velocities is not None and task.get("keep_velocities"):
+            context.setVelocities(velocities)
+        else:
+            context.setVelocitiesToTemperature(test_system.temperature, seed)
+    context.setTime(0.0)
+    context.setStepCount(0)
+    simulation.currentStep = 0
+    setup = time.perf_counter() - start
+    restarts = ZarrReporter(folder / "restarts.zarr", int(task["restart_interval"]), featurizer=None, atoms=None,
+                            flush_interval=int(task.get("flush_interval", 100)), seed=seed)
+    try:
+        result = run_md(simulation, folder / "md.zarr", steps=int(task["steps"]),
+                        report_interval=int(task["report_interval"]),
+                        featurizer=featurizer_from_spec(task["featurizer"]), atoms=task.get("atoms"), seed=seed,
+                        flush_interval=int(task.get("flush_interval", 100)), reporters=[restarts], progress=False)
+    finally:
+        restarts.close()
+    if not result.complete:
+        raise LssError(f"walker {folder.name} stopped at step {result.step} of {result.total_steps}")
+    energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    if not np.isfinite(energy):
+        raise LssError(f"walker {folder.name}: the final potential energy is {energy}")
+    done = {"folder": str(folder), "frames": result.frames, "steps": result.step,
+            "restart_frames": restarts.frames_committed, "velocity_seed": seed,
+            "hash": tree_hash(folder / "md.zarr", folder / "restarts.zarr"),
+            "setup_s": setup, "md_s": result.wall_s, "wall_s": time.perf_counter() - start, "warm": was_warm,
+            "pid": os.getpid(), "platform": context.getPlatform().getName(), "openmm": openmm.__version__}
+    atomic_write_json(folder / DONE, done)
+    return done
+
+
+def remove_folder(folder: str | os.PathLike) -> None:
+    """Delete an execution folder (unfinished, failed, or a late duplicate)."""
+    shutil.rmtree(folder, ignore_errors=True)

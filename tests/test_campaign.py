@@ -1,0 +1,327 @@
+"""Adaptive sampling campaigns: real OpenMM walkers on a real Dask LocalCluster and a process pool.
+
+The campaign runs the four-state toy (LSTM paper, one particle, Reference
+platform): 4 walkers × 1000 steps per round, an SRV retrained each round.  A
+walker is deterministic given its velocity seed (the integrator is reseeded
+per task), and training is deterministic given its seed on the CPU, so two
+campaigns with one seed commit byte-identical stores: that is what the
+resume and fault tests compare (store hashes in the event log).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from lss_engine.campaign.config import CampaignConfig, load_config
+from lss_engine.campaign.driver import Campaign, current_round, init_campaign
+from lss_engine.campaign.events import CampaignLogError, EventLog, read_events
+from lss_engine.campaign.executors import DaskExecutor, ProcessPoolExecutor
+from lss_engine.campaign.report import status_table, write_report
+from lss_engine.cli import main
+from lss_engine.errors import LssError
+
+CONFIG = """
+seed = 7
+[system]
+name = "four-state"
+[md]
+walkers = 4
+steps = 1000
+report_interval = 10
+restart_every = 2
+features = "positions"
+[model]
+lag = 5
+dim = 2
+epochs = 5
+[ranker]
+name = "{ranker}"
+cells = 10
+[stop]
+max_rounds = {rounds}
+[cluster]
+kind = "processes"
+workers = 2
+"""
+
+
+def write_config(tmp_path, ranker="counts", rounds=2, extra="") -> str:
+    path = tmp_path / f"{ranker}.toml"
+    path.write_text(CONFIG.format(ranker=ranker, rounds=rounds) + extra)
+    return str(path)
+
+
+def committed(campaign) -> dict:
+    """(round, walker) -> SHA-256 of the walker's data (steps, positions, features; not the provenance times)."""
+    import hashlib
+
+    from lss_engine.store import TrajectoryStore
+
+    out = {}
+    for c in campaign.state.committed():
+        store = TrajectoryStore(campaign.dir / c["folder"] / "md.zarr")
+        digest = hashlib.sha256()
+        for array in (store.steps(), store.positions(), store.features()):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        out[(c["round"], c["walker"])] = digest.hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 2-round campaign on a process pool (the baseline of the resume tests)."""
+    tmp = tmp_path_factory.mktemp("reference")
+    directory = init_campaign(tmp / "c", write_config(tmp))
+    campaign = Campaign(directory)
+    with ProcessPoolExecutor(2) as pool:
+        campaign.run(executor=pool, progress=False)
+    return campaign
+
+
+# --- config and event log -----------------------------------------------------
+@pytest.mark.parametrize("bad, message", [
+    ("[system]\nname='four-state'\n[md]\nwalkers=0\n", "md.walkers must be a positive integer"),
+    ("[system]\nname='four-state'\n[ranker]\nname='best'\n", "ranker.name must be one of"),
+    ("[system]\nname='four-state'\n[md]\nwalkrs=2\n", "unknown key md.walkrs"),
+    ("[md]\nwalkers=2\n", "needs a [system] table"),
+    ("[system]\nxml='s.xml'\n", "xml needs pdb"),
+    ("[system]\nname='four-state'\n[cluster]\nkind='address'\n", "needs cluster.address"),
+    ("[system\n", "not valid TOML"),
+])
+def test_bad_configs_are_one_line_errors(tmp_path, capsys, bad, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(bad)
+    with pytest.raises(LssError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        load_config(path)
+    assert main(["campaign", "init", str(tmp_path / "c"), "--config", str(path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message.split()[0] in err and "Traceback" not in err
+
+
+def test_a_bad_system_fails_at_init_before_any_md(tmp_path, capsys):
+    path = tmp_path / "c.toml"
+    path.write_text("[system]\nname='no-such-system'\n")
+    assert main(["campaign", "init", str(tmp_path / "c"), "--config", str(path)]) == 1
+    assert "unknown system" in capsys.readouterr().err
+    assert not (tmp_path / "c" / "campaign.json").exists()
+
+
+def test_event_log_drops_a_torn_tail_and_refuses_damage(tmp_path):
+    """A torn last line (a kill mid-append) was never acknowledged: dropped.  Any other bad line is damage."""
+    log = EventLog(tmp_path / "events.jsonl")
+    log.append("a", x=1)
+    log.append("b", y=[1.5, float("nan")])
+    raw = (tmp_path / "events.jsonl").read_bytes()
+    (tmp_path / "events.jsonl").write_bytes(raw + b'{"seq": 2, "type": "c"')  # torn
+    again = EventLog(tmp_path / "events.jsonl")
+    assert [e["type"] for e in again] == ["a", "b"] and again.events[1]["y"] == [1.5, None]
+    assert (tmp_path / "events.jsonl").read_bytes() == raw  # truncated back to whole lines
+    again.append("c")
+    assert [e["seq"] for e in read_events(tmp_path / "events.jsonl")] == [0, 1, 2]
+
+    flipped = bytearray(raw)
+    flipped[raw.index(b'"x":1') + 4] = ord("2")  # x = 2: valid JSON, wrong checksum
+    (tmp_path / "events.jsonl").write_bytes(bytes(flipped) + b"\n")
+    with pytest.raises(CampaignLogError, match="line 1: checksum mismatch"):
+        EventLog(tmp_path / "events.jsonl")
+    lines = raw.splitlines(keepends=True)
+    (tmp_path / "events.jsonl").write_bytes(lines[1] + lines[0])  # reordered
+    with pytest.raises(CampaignLogError, match="line 1: event number 1, expected 0"):
+        read_events(tmp_path / "events.jsonl")
+
+
+# --- the loop -------------------------------------------------------------------
+def test_campaign_on_a_process_pool_commits_every_walker(reference):
+    state = reference.state
+    assert state.stopped is not None and "2 rounds" in state.stopped["reason"]
+    assert sorted(committed(reference)) == [(r, w) for r in range(2) for w in range(4)]
+    assert current_round(state) == 1 and sorted(state.models) == [0, 1] and sorted(state.seeds) == [1]
+    for c in state.committed():
+        folder = reference.dir / c["folder"]
+        assert c["frames"] == 100 and c["restart_frames"] == 50 and c["steps"] == 1000
+        assert (folder / "done.json").is_file() and (folder / "md.zarr").is_dir()
+    # no folder but the committed ones is left
+    folders = sorted(p.relative_to(reference.dir).as_posix() for p in (reference.dir / "attempts").glob("r*/w*/a*"))
+    assert folders == sorted(c["folder"] for c in state.committed())
+    # round 1 starts from real frames the ranker chose, with fresh velocities, spread over cells
+    seeds = state.seeds[1]["seeds"]
+    assert state.seeds[1]["ranker"] == "counts" and len(seeds) == 4
+    assert all(s["frame"]["kind"] == "store" and s["frame"]["path"].endswith("restarts.zarr") for s in seeds)
+    assert len({tuple(s["latent"]) for s in seeds}) == 4
+    model = state.models[1]
+    assert model["n_frames"] == 800 and model["vamp2"] > 1.0 and len(model["timescales_ps"]) >= 1
+
+
+def test_dask_local_cluster_gives_the_same_campaign(tmp_path, reference):
+    """Executor choice does not change results: a Dask LocalCluster commits byte-identical stores."""
+    campaign = Campaign(init_campaign(tmp_path / "c", write_config(tmp_path)))
+    with DaskExecutor(workers=2) as dask:
+        assert dask.n_workers == 2
+        campaign.run(executor=dask, progress=False)
+    assert committed(campaign) == committed(reference)
+    assert campaign.state.models[1]["hashes"] == reference.state.models[1]["hashes"]
+    assert {c["warm"] for c in campaign.state.committed()} == {False, True}  # contexts were reused per worker
+
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    from lss_engine.campaign.driver import Campaign
+    from lss_engine.campaign.executors import ProcessPoolExecutor
+
+    def killer(kind, nth):
+        seen = []
+        def hook(event):
+            if event["type"] == kind:
+                seen.append(event)
+                if len(seen) == nth:
+                    os.kill(os.getpid(), signal.SIGKILL)
+        return hook
+
+    if __name__ == "__main__":
+        campaign = Campaign(sys.argv[1])
+        campaign.on_event = killer(sys.argv[2], int(sys.argv[3]))
+        with ProcessPoolExecutor(2) as pool:
+            campaign.run(executor=pool, progress=False)
+""")
+
+
+@pytest.mark.parametrize("kind, nth", [("walker_submitted", 3), ("walker_committed", 2), ("model_trained", 1),
+                                       ("seeds_selected", 1), ("walker_committed", 6)])
+def test_driver_sigkill_then_resume_equals_the_uninterrupted_campaign(tmp_path, reference, kind, nth):
+    """SIGKILL the driver right after its n-th event of a kind; ``lss campaign resume`` finishes the same campaign.
+
+    No committed walker is lost or run twice (each (round, walker) committed
+    once, with the hash of the uninterrupted run), unfinished folders are gone.
+    """
+    directory = init_campaign(tmp_path / "c", write_config(tmp_path))
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    with open(tmp_path / "driver.log", "w") as log:  # a file, not a pipe: the pool's workers outlive the driver
+        proc = subprocess.run([sys.executable, str(script), str(directory), kind, str(nth)], stdout=log,
+                              stderr=subprocess.STDOUT, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "driver.log").read_text()[-2000:]
+    events = read_events(directory / "events.jsonl")
+    assert sum(e["type"] == kind for e in events) == nth
+    assert main(["campaign", "resume", str(directory), "--no-progress"]) == 0
+    campaign = Campaign(directory)
+    events = campaign.log.events
+    commits = [(e["round"], e["walker"]) for e in events if e["type"] == "walker_committed"]
+    assert len(commits) == len(set(commits)) == 8
+    assert committed(campaign) == committed(reference)
+    folders = sorted(p.relative_to(directory).as_posix() for p in (directory / "attempts").glob("r*/w*/a*"))
+    assert folders == sorted(c["folder"] for c in campaign.state.committed())
+
+
+@pytest.mark.parametrize("executor", ["processes", "dask"])
+def test_a_dead_worker_or_a_failed_walker_is_rerun(tmp_path, reference, executor):
+    """Walker (0, 1)'s worker dies mid-task and walker (1, 2) raises once: both are re-run, nothing is lost.
+
+    A raised walker is retried with fresh velocities (the seed counts its
+    failures), so its store differs from the reference; a worker death under
+    Dask is re-run by Dask with the same task (same velocities), under a
+    process pool it is a recorded failure and a new attempt.
+    """
+    campaign = Campaign(init_campaign(tmp_path / "c", write_config(tmp_path)))
+    campaign.faults = {(0, 1): {"kind": "exit", "marker": str(tmp_path / "dead")},
+                       (1, 2): {"kind": "raise", "marker": str(tmp_path / "raised")}}
+    make = (lambda: ProcessPoolExecutor(2)) if executor == "processes" else (lambda: DaskExecutor(workers=2))
+    with make() as ex:
+        campaign.run(executor=ex, progress=False)
+    state = campaign.state
+    assert sorted(committed(campaign)) == sorted(committed(reference))
+    failures = {k: w.failures for k, w in state.walkers.items() if w.failures}
+    assert "injected failure" in failures[(1, 2)][0]
+    if executor == "processes":
+        assert "worker died" in failures[(0, 1)][0]
+    else:
+        assert (0, 1) not in failures and committed(campaign)[(0, 1)] == committed(reference)[(0, 1)]
+    assert state.walkers[(1, 2)].committed["velocity_seed"] != state.walkers[(1, 2)].attempts[0]["velocity_seed"]
+    folders = sorted(p.relative_to(campaign.dir).as_posix() for p in (campaign.dir / "attempts").glob("r*/w*/a*"))
+    assert folders == sorted(c["folder"] for c in state.committed())
+
+
+def test_walker_abandoned_after_retries_and_status_reports_it(tmp_path):
+    cfg = write_config(tmp_path, rounds=1, extra="")
+    text = open(cfg).read().replace('workers = 2', 'workers = 2\nretries = 0')
+    open(cfg, "w").write(text)
+    campaign = Campaign(init_campaign(tmp_path / "c", cfg))
+    campaign.faults = {(0, 3): {"kind": "raise", "marker": str(tmp_path / "m")}}
+    with ProcessPoolExecutor(2) as pool:
+        campaign.run(executor=pool, progress=False)
+    assert campaign.state.walkers[(0, 3)].abandoned
+    table = status_table(campaign)
+    assert "3/0/1 (1 abandoned)" in table
+
+
+def test_plain_md_continues_each_walker_with_its_velocities(tmp_path):
+    """Ranker ``continue`` (plain MD): round r + 1 of walker w starts from walker w's last state, velocities kept."""
+    campaign = Campaign(init_campaign(tmp_path / "c", write_config(tmp_path, ranker="continue")))
+    with ProcessPoolExecutor(2) as pool:
+        campaign.run(executor=pool, progress=False)
+    state = campaign.state
+    for w, seed in enumerate(state.seeds[1]["seeds"]):
+        assert seed["keep_velocities"] and seed["frame"]["path"].endswith("md.zarr.state.xml")
+        assert f"w{w:03d}" in seed["frame"]["path"]
+    from lss_engine.store import TrajectoryStore
+
+    for w in range(4):
+        first = TrajectoryStore(campaign.dir / state.walkers[(0, w)].committed["folder"] / "md.zarr")
+        second = TrajectoryStore(campaign.dir / state.walkers[(1, w)].committed["folder"] / "md.zarr")
+        step = np.abs(np.diff(first.positions()[:, 0, :2], axis=0)).max()
+        assert np.abs(second.positions()[0, 0, :2] - first.positions()[-1, 0, :2]).max() < 3 * step
+
+
+@pytest.mark.parametrize("ranker, extra", [("ucb", ""), ("uncertainty", "\n[model]\n"), ("dream", "")])
+def test_each_ranker_runs_a_round(tmp_path, ranker, extra):
+    cfg = write_config(tmp_path, ranker=ranker)
+    if ranker == "uncertainty":
+        text = open(cfg).read().replace("epochs = 5", "epochs = 5\nensemble = 2")
+        open(cfg, "w").write(text)
+    if ranker == "dream":
+        text = open(cfg).read().replace('cells = 10', 'cells = 10\ndream_steps = 5\ndream_walkers = 2\ncandidates = 50')
+        open(cfg, "w").write(text)
+    campaign = Campaign(init_campaign(tmp_path / "c", cfg))
+    with ProcessPoolExecutor(2) as pool:
+        campaign.run(executor=pool, progress=False)
+    seeds = campaign.state.seeds[1]
+    assert seeds["ranker"] == ranker and len(seeds["seeds"]) == 4
+    assert all(np.isfinite(s["score"]) for s in seeds["seeds"])
+    if ranker == "uncertainty":
+        assert len(campaign.state.models[0]["hashes"]) == 2
+
+
+def test_status_and_report_from_the_directory(reference, tmp_path, capsys):
+    assert main(["campaign", "status", str(reference.dir)]) == 0
+    out = capsys.readouterr().out
+    assert "4/0/0" in out and "stopped: 2 rounds done" in out
+    metrics = write_report(reference, tmp_path / "report")
+    assert set(metrics["figures"]) == {"coverage.png", "discovery.png", "timescales.png"}
+    saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert len(saved["rounds"]) == 2 and "markov_estimate" in saved
+
+
+def test_a_second_driver_is_refused(reference):
+    import fcntl
+
+    fd = os.open(reference.dir / "driver.lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(LssError, match="another driver"):
+            Campaign(reference.dir).run(progress=False)
+    finally:
+        os.close(fd)
+
+
+def test_config_round_trips_through_campaign_json(reference):
+    doc = json.loads((reference.dir / "campaign.json").read_text())
+    assert doc["schema_version"] == 1 and doc["resolved"]["restart_interval"] == 20
+    cfg = dict(doc["config"])
+    cfg.pop("schema_version")
+    assert CampaignConfig.from_mapping(cfg) == reference.config
