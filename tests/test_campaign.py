@@ -325,3 +325,68 @@ def test_config_round_trips_through_campaign_json(reference):
     cfg = dict(doc["config"])
     cfg.pop("schema_version")
     assert CampaignConfig.from_mapping(cfg) == reference.config
+
+
+def test_a_users_system_xml_campaign_with_cold_contexts(tmp_path):
+    """A campaign of a user's OpenMM System XML + PDB (alanine dipeptide serialised), warm Contexts off."""
+    import openmm
+    from openmm import app
+
+    from lss_engine.systems import get_system
+
+    ala2 = get_system("alanine-dipeptide")
+    (tmp_path / "system.xml").write_text(openmm.XmlSerializer.serialize(ala2.system))
+    with open(tmp_path / "start.pdb", "w") as f:
+        app.PDBFile.writeFile(ala2.topology, ala2.positions, f)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(textwrap.dedent("""
+        seed = 2
+        [system]
+        xml = "system.xml"
+        pdb = "start.pdb"
+        temperature = 400
+        [md]
+        walkers = 2
+        steps = 200
+        report_interval = 10
+        atoms = "heavy"
+        warm_contexts = false
+        [model]
+        lag = 2
+        epochs = 2
+        [stop]
+        max_rounds = 1
+        [cluster]
+        kind = "processes"
+        workers = 2
+    """))
+    campaign = Campaign(init_campaign(tmp_path / "c", str(cfg)))
+    assert campaign.resolved["system"]["kind"] == "xml" and campaign.resolved["temperature_K"] == 400
+    with ProcessPoolExecutor(2) as pool:
+        campaign.run(executor=pool, progress=False)
+    commits = campaign.state.committed()
+    assert len(commits) == 2 and not any(c["warm"] for c in commits)
+    from lss_engine.store import TrajectoryStore
+
+    store = TrajectoryStore(campaign.dir / commits[0]["folder"] / "md.zarr")
+    restarts = TrajectoryStore(campaign.dir / commits[0]["folder"] / "restarts.zarr")
+    assert store.n_frames == 20 and store.positions().shape[1] == 10  # heavy atoms saved
+    assert restarts.positions().shape[1] == 22  # restart frames keep every atom
+    (tmp_path / "system.xml").write_text((tmp_path / "system.xml").read_text().replace("<System", "<System ", 1))
+    with pytest.raises(LssError, match="changed"):  # the campaign's system must not change under it
+        from lss_engine.systems import build_system
+
+        build_system(campaign.resolved["system"])
+
+
+def test_slurm_cluster_settings_are_checked_with_the_config(tmp_path):
+    base = "[system]\nname='four-state'\n[cluster]\nkind='slurm'\n"
+    path = tmp_path / "s.toml"
+    path.write_text(base + "gpus = 1\n[cluster.slurm]\nwalltime = '01:00:00'\n")
+    with pytest.raises(LssError, match="must both be 0 or both positive"):
+        load_config(path)
+    path.write_text(base + "[cluster.slurm]\nwalltime = 'an hour'\n")
+    with pytest.raises(LssError, match="walltime"):
+        load_config(path)
+    path.write_text(base + "gpus = 1\n[cluster.slurm]\ngpus = 1\nprocesses = 1\ncores = 4\npartition = 'gpu'\n")
+    assert load_config(path).cluster.slurm["partition"] == "gpu"

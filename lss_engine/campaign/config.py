@@ -122,8 +122,11 @@ class MDConfig:
     features: Any = "auto"
     atoms: Any = "all"
     flush_interval: int = 100
+    warm_contexts: bool = True  # keep one OpenMM Context per system in each worker process
 
     def check(self, where: str) -> None:
+        if not isinstance(self.warm_contexts, bool):
+            raise LssError(f"{where}.warm_contexts must be true or false")
         _int(self.walkers, f"{where}.walkers")
         _steps_or_time(self.steps, f"{where}.steps")
         _steps_or_time(self.report_interval, f"{where}.report_interval")
@@ -210,6 +213,15 @@ class ClusterConfig:
         _int(self.gpus, f"{where}.gpus", 0)
         _int(self.retries, f"{where}.retries", 0)
         _int(self.jobs, f"{where}.jobs")
+        if self.kind == "slurm":
+            from .hpc import SlurmSettings
+
+            slurm = SlurmSettings.from_mapping(self.slurm, where=f"{where}.slurm")
+            if bool(self.gpus) != bool(slurm.gpus):  # tasks asking for GPUs need workers that have them
+                raise LssError(f"{where}.gpus ({self.gpus}) and {where}.slurm.gpus ({slurm.gpus}) must both be 0 "
+                               f"or both positive")
+        elif self.slurm:
+            raise LssError(f"{where}.slurm applies to kind = \"slurm\" only")
 
 
 @dataclass

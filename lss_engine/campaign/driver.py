@@ -267,7 +267,8 @@ class Campaign:
                 "seed_frame": seed_frame, "velocity_seed": velocity_seed, "keep_velocities": keep,
                 "steps": res["steps"], "report_interval": res["report_interval"],
                 "restart_interval": res["restart_interval"], "featurizer": res["feature_spec"],
-                "atoms": self.config.md.atoms, "flush_interval": self.config.md.flush_interval, "warm": True}
+                "atoms": self.config.md.atoms, "flush_interval": self.config.md.flush_interval,
+                "warm": self.config.md.warm_contexts}
 
     def _finished_folders(self, r: int, w: int, attempt: int) -> list[tuple[Path, dict]]:
         prefix = self._attempt_prefix(r, w, attempt)

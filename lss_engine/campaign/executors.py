@@ -178,16 +178,17 @@ class DaskExecutor(Executor):
 def make_executor(cluster: Any, *, scheduler: str | None = None) -> Executor:
     """The executor of a campaign's ``[cluster]`` settings (``scheduler`` overrides with an address)."""
     if scheduler:
-        return DaskExecutor(scheduler)
+        return DaskExecutor(scheduler, gpus=cluster.gpus)
     if cluster.kind == "processes":
         return ProcessPoolExecutor(cluster.workers)
     if cluster.kind == "address":
-        return DaskExecutor(cluster.address)
+        return DaskExecutor(cluster.address, gpus=cluster.gpus)
     if cluster.kind == "slurm":
         from .hpc import SlurmSettings, slurm_cluster
 
         slurm = slurm_cluster(SlurmSettings.from_mapping(cluster.slurm))
-        slurm.scale(jobs=cluster.jobs)
+        # adapt, not scale: workers retire at their --lifetime and a fixed scale() never replaces their jobs
+        slurm.adapt(minimum_jobs=cluster.jobs, maximum_jobs=cluster.jobs)
         executor = DaskExecutor(slurm, gpus=cluster.gpus)
         executor._own_cluster = slurm
         return executor

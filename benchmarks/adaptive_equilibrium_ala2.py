@@ -1,0 +1,166 @@
+"""Equilibrium numbers from adaptive data: a campaign vs plain MD of the same total length, alanine dipeptide 450 K.
+
+For each seed:
+
+* campaign: ``lss campaign`` (ranker ``--ranker``), ``--walkers`` walkers ×
+  ``--walker-ps`` per round until ``--budget-ns`` of total MD;
+* plain MD: ``--plain-walkers`` walkers of ``budget / plain_walkers`` each, run
+  through the same machinery (one campaign round, ranker ``continue``), so the
+  encoder is trained the same way;
+
+then from each final model the Markovian estimate
+(``lss_engine.campaign.estimates.markov_estimate``: a reversible MSM on
+``--clusters`` k-means cells of the SRV latent space, frame weights π_i/N_i):
+the FES along φ and the C7eq↔C7ax mean first-passage times between the cored
+states (C7eq: φ < −1.0 or φ > 2.6; C7ax: 0.5 < φ < 1.8), against the shared
+2 × 250 ns reference (``../shared/data/ala2_vacuum_450K``; its FES from the
+frames' histogram, its MFPTs from lss_engine/resources/ala2_450K_reference.json).
+Errors: FES RMSE in kT over bins populated in both; MFPT error |ln(estimate /
+reference)|.  The table gives each seed and the median over seeds.
+
+Run:  OMP_NUM_THREADS=1 python benchmarks/adaptive_equilibrium_ala2.py --seeds 3 --budget-ns 8 --workdir runs/adaptive_eq
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from adaptive_ala2 import phi_indices, store_phi  # noqa: E402  (the one φ rule of the benchmarks)
+
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ala2_vacuum_450K"
+C7EQ = lambda phi: (phi < -1.0) | (phi > 2.6)  # noqa: E731
+C7AX = lambda phi: (phi > 0.5) & (phi < 1.8)  # noqa: E731
+EDGES = np.linspace(-np.pi, np.pi, 37)
+
+CONFIG = """
+seed = {seed}
+[system]
+name = "alanine-dipeptide"
+[system.parameters]
+temperature = 450
+[md]
+walkers = {walkers}
+steps = "{walker_ps}ps"
+report_interval = "1ps"
+features = "backbone-torsions,heavy-atom-distances"
+atoms = "heavy"
+[model]
+lag = 10
+dim = 2
+epochs = 30
+[ranker]
+name = "{ranker}"
+cells = 40
+[stop]
+max_rounds = 1000
+md_budget = "{budget_ns}ns"
+"""
+
+
+def run(kind: str, seed: int, args, executor) -> Path:
+    from lss_engine.campaign.config import CampaignConfig
+    from lss_engine.campaign.driver import Campaign, init_campaign
+    import tomllib
+
+    if kind == "campaign":
+        walkers, walker_ps, ranker = args.walkers, args.walker_ps, args.ranker
+    else:
+        walkers, walker_ps, ranker = args.plain_walkers, args.budget_ns * 1000 / args.plain_walkers, "continue"
+    directory = Path(args.workdir) / kind / f"seed{seed}"
+    shutil.rmtree(directory, ignore_errors=True)
+    text = CONFIG.format(seed=seed, walkers=walkers, walker_ps=f"{walker_ps:g}", ranker=ranker,
+                         budget_ns=args.budget_ns)
+    campaign = Campaign(init_campaign(directory, CampaignConfig.from_mapping(tomllib.loads(text))))
+    campaign.run(executor=executor, progress=False)
+    return directory
+
+
+def estimate(directory: Path, quartet: np.ndarray, clusters: int, seed: int) -> dict:
+    from lss_engine.campaign.driver import Campaign
+    from lss_engine.campaign.estimates import markov_estimate
+    from lss_engine.store import TrajectoryStore
+
+    campaign = Campaign(directory)
+    state = campaign.state
+    last = max(state.models)
+    stores = [TrajectoryStore(campaign.dir / c["folder"] / "md.zarr") for c in state.committed()]
+    features = [s.features() for s in stores]
+    latent = np.split(campaign.latent_of(last, features=np.concatenate(features)),
+                      np.cumsum([len(f) for f in features])[:-1])
+    phi = [store_phi(s, quartet) for s in stores]
+    encoder = campaign.encoder(last)
+    est = markov_estimate(latent, encoder.lag_frames, encoder.frame_interval_ps, n_clusters=clusters, seed=seed,
+                          n_boot=0)
+    fes = est.free_energy(phi, bins=EDGES)
+    eq, ax = [C7EQ(p) for p in phi], [C7AX(p) for p in phi]
+    raw = np.histogram(np.concatenate(phi), EDGES)[0]
+    return {"fes": fes, "raw_counts": raw, "mfpt_ns": {"C7eq->C7ax": est.mfpt(eq, ax) / 1000.0,
+                                                       "C7ax->C7eq": est.mfpt(ax, eq) / 1000.0},
+            "md_ns": state.md_steps() * campaign.resolved["timestep_ps"] / 1000.0, "rounds": len(state.models),
+            "method": est.method}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--budget-ns", type=float, default=8.0)
+    parser.add_argument("--walkers", type=int, default=8)
+    parser.add_argument("--walker-ps", type=float, default=100.0)
+    parser.add_argument("--plain-walkers", type=int, default=2)
+    parser.add_argument("--ranker", default="counts")
+    parser.add_argument("--clusters", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workdir", default="runs/adaptive_eq")
+    args = parser.parse_args()
+
+    from lss_engine.campaign.executors import ProcessPoolExecutor
+    from lss_engine.kinetics import fes_rmse, free_energy_1d
+
+    reference_phi = [np.load(f)[:, 0] for f in sorted(REFERENCE.glob("phi_psi_seed*.npy"))]
+    ref_fes = free_energy_1d(reference_phi, bins=EDGES)
+    ref_mfpt = json.loads((Path(__file__).resolve().parents[1] / "lss_engine" / "resources" /
+                           "ala2_450K_reference.json").read_text())["mfpt_ns"]
+    quartet = phi_indices()
+    rows, t0 = [], time.perf_counter()
+    with ProcessPoolExecutor(args.workers) as pool:
+        for seed in range(args.seeds):
+            for kind in ("campaign", "plain"):
+                result = estimate(run(kind, seed, args, pool), quartet, args.clusters, seed)
+                populated = np.isfinite(result["fes"].free_energy) & np.isfinite(ref_fes.free_energy)
+                row = {"seed": seed, "kind": kind, "md_ns": result["md_ns"], "rounds": result["rounds"],
+                       "fes_rmse_kT": float(fes_rmse(result["fes"], ref_fes, populated)),
+                       "bins_compared": int(populated.sum()),
+                       "mfpt_ns": result["mfpt_ns"],
+                       "mfpt_log_error": {k: float(abs(np.log(v / ref_mfpt[k]))) if v and np.isfinite(v) else None
+                                          for k, v in result["mfpt_ns"].items()},
+                       "method": result["method"]}
+                rows.append(row)
+                print(f"seed {seed} {kind:8s}: {row['md_ns']:.2f} ns MD, FES(φ) RMSE {row['fes_rmse_kT']:.2f} kT "
+                      f"({row['bins_compared']} bins), MFPT C7eq→C7ax {row['mfpt_ns']['C7eq->C7ax']:.3g} ns, "
+                      f"C7ax→C7eq {row['mfpt_ns']['C7ax->C7eq']:.3g} ns ({time.perf_counter() - t0:.0f} s)",
+                      flush=True)
+    print(f"\nalanine dipeptide 450 K, {args.budget_ns:g} ns of total MD each; Markovian estimates "
+          f"({rows[0]['method']}); reference 2 × 250 ns: MFPT C7eq→C7ax {ref_mfpt['C7eq->C7ax']} ns, "
+          f"C7ax→C7eq {ref_mfpt['C7ax->C7eq']} ns")
+    for kind in ("campaign", "plain"):
+        sel = [r for r in rows if r["kind"] == kind]
+
+        def med(values):
+            v = [x for x in values if x is not None]
+            return f"{np.median(v):.3g}" if v else "n/a"
+
+        print(f"  {kind:8s} median over {len(sel)} seeds: FES(φ) RMSE {med([r['fes_rmse_kT'] for r in sel])} kT; "
+              f"|ln MFPT error| C7eq→C7ax {med([r['mfpt_log_error']['C7eq->C7ax'] for r in sel])}, "
+              f"C7ax→C7eq {med([r['mfpt_log_error']['C7ax->C7eq'] for r in sel])}")
+    (Path(args.workdir) / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
