@@ -100,32 +100,43 @@ max_rounds = {rounds}
 """
 
 
+def discovery(campaign, walkers: int, steps: int, report: int) -> np.ndarray:
+    """Total steps at which each well was first visited (inf: not yet), over the committed rounds."""
+    from lss_engine.store import TrajectoryStore
+
+    first = np.full(4, np.inf)
+    for c in campaign.state.committed():
+        lab = visits(TrajectoryStore(campaign.dir / c["folder"] / "md.zarr").positions()[:, 0, :2])
+        for k in range(4):
+            hit = np.flatnonzero(lab == k)
+            if len(hit):
+                first[k] = min(first[k], c["round"] * walkers * steps + walkers * (hit[0] + 1) * report)
+    return first
+
+
 def adaptive(ranker: str, seed: int, walkers: int, steps: int, report: int, cap_rounds: int, workdir: Path,
              executor) -> tuple[int, int]:
-    """(total steps until all four wells are visited, rounds run)."""
+    """(total steps until all four wells are visited, rounds run); a finished run in ``workdir`` is reused."""
     from lss_engine.campaign.config import CampaignConfig
     from lss_engine.campaign.driver import Campaign, init_campaign
-    from lss_engine.store import TrajectoryStore
     import tomllib
 
     directory = workdir / ranker / f"seed{seed}"
-    shutil.rmtree(directory, ignore_errors=True)
     text = CONFIG.format(seed=seed, walkers=walkers, steps=steps, report=report, rounds=cap_rounds, ranker=ranker,
                          ensemble=3 if ranker == "uncertainty" else 1, dim=DIM, cells=CELLS)
-    campaign = Campaign(init_campaign(directory, CampaignConfig.from_mapping(tomllib.loads(text))))
-    first = np.full(4, np.inf)
+    config = CampaignConfig.from_mapping(tomllib.loads(text))
+    if (directory / "campaign.json").exists():
+        campaign = Campaign(directory)
+        first = discovery(campaign, walkers, steps, report)
+        if campaign.config == config and (np.isfinite(first).all() or campaign.state.stopped is not None):
+            total = first.max()
+            return (int(total) if np.isfinite(total) else cap_rounds * walkers * steps), len(campaign.state.models)
+    shutil.rmtree(directory, ignore_errors=True)
+    campaign = Campaign(init_campaign(directory, config))
     for r in range(cap_rounds):
         campaign.run(executor=executor, max_rounds=1, progress=False)
-        state = campaign.state
-        for w in state.round_walkers(r):
-            if w.committed is None:
-                continue
-            lab = visits(TrajectoryStore(campaign.dir / w.committed["folder"] / "md.zarr").positions()[:, 0, :2])
-            for k in range(4):
-                hit = np.flatnonzero(lab == k)
-                if len(hit):
-                    first[k] = min(first[k], r * walkers * steps + walkers * (hit[0] + 1) * report)
-        if np.isfinite(first).all() or state.stopped is not None:
+        first = discovery(campaign, walkers, steps, report)
+        if np.isfinite(first).all() or campaign.state.stopped is not None:
             break
     total = first.max()
     return (int(total) if np.isfinite(total) else cap_rounds * walkers * steps), r + 1
@@ -226,6 +237,12 @@ def main() -> None:
                 results[ranker].append(steps)
                 rounds[ranker].append(n)
             print(f"{ranker} done in {time.perf_counter() - t0:.0f} s: {results[ranker]}", flush=True)
+            table(results, rounds, args, cap)
+    if not args.skip_throughput:
+        throughput(workdir)
+
+
+def table(results: dict, rounds: dict, args, cap: int) -> None:
     rng = np.random.default_rng(0)
     plain = np.array(results["plain MD"], float)
     print(f"\nfour-state potential from (2, -1): total MD steps until all four wells are visited "
@@ -245,9 +262,7 @@ def main() -> None:
         summary[name] = {"steps": values, "median": float(np.median(x)), "ci95": [lo, hi], "capped": capped,
                          "ratio_plain_over_method": float(ratio), "ratio_ci95": [rlo, rhi],
                          "rounds": rounds.get(name)}
-    (workdir / "results.json").write_text(json.dumps({"args": vars(args), "results": summary}, indent=1))
-    if not args.skip_throughput:
-        throughput(workdir)
+    (Path(args.workdir) / "results.json").write_text(json.dumps({"args": vars(args), "results": summary}, indent=1))
 
 
 if __name__ == "__main__":

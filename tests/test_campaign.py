@@ -302,7 +302,7 @@ def test_status_and_report_from_the_directory(reference, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "4/0/0" in out and "stopped: 2 rounds done" in out
     metrics = write_report(reference, tmp_path / "report")
-    assert set(metrics["figures"]) == {"coverage.png", "discovery.png", "timescales.png"}
+    assert set(metrics["figures"]) == {"coverage.png", "discovery.png", "timescales.png", "fes_psi1.png"}
     saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert len(saved["rounds"]) == 2 and "markov_estimate" in saved
 
@@ -390,3 +390,16 @@ def test_slurm_cluster_settings_are_checked_with_the_config(tmp_path):
         load_config(path)
     path.write_text(base + "gpus = 1\n[cluster.slurm]\ngpus = 1\nprocesses = 1\ncores = 4\npartition = 'gpu'\n")
     assert load_config(path).cluster.slurm["partition"] == "gpu"
+
+
+def test_stopping_rules():
+    """Budget first; then a plateau needs no new cell for k rounds and timescale/VAMP-2 within their block errors."""
+    from types import SimpleNamespace
+
+    from lss_engine.campaign.driver import _stable
+
+    stop = SimpleNamespace(timescale_tolerance=2.0)
+    a = {"vamp2": 2.0, "vamp2_error": 0.05, "timescales_block_ps": [100.0], "timescales_error_ps": [10.0]}
+    assert _stable([a, {**a, "vamp2": 2.1, "timescales_block_ps": [120.0]}], stop)  # within 2 combined SE
+    assert not _stable([a, {**a, "timescales_block_ps": [150.0]}], stop)  # 50 ps > 2 × 14 ps
+    assert not _stable([a, {**a, "vamp2_error": None}], stop)  # no error, no claim of stability

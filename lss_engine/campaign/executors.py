@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
+import signal
 from typing import Any, Callable, Iterable, Iterator
 
 from .._helpers import first_line, usable_cores
@@ -105,6 +106,7 @@ def _init_worker() -> None:
     os.environ.update(_THREAD_ENV)
     from .._helpers import configure_threads
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's (see DaskExecutor)
     configure_threads(1)
     parent = os.getppid()
 
@@ -141,9 +143,16 @@ class DaskExecutor(Executor):
         self.gpus = int(gpus)
         if cluster is None:
             n = int(workers or (self.gpus or usable_cores()))
-            with dask.config.set({"distributed.worker.daemon": False}):  # workers may start processes
-                cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                                       env=dict(_THREAD_ENV), resources={"GPU": 1} if self.gpus else None)
+            # Ctrl-C is the driver's: workers start with SIGINT ignored (inherited), so they neither die
+            # mid-walker nor print tracebacks; the driver stops, and resume picks up
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                with dask.config.set({"distributed.worker.daemon": False}):  # workers may start processes
+                    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                           dashboard_address=None, env=dict(_THREAD_ENV),
+                                           resources={"GPU": 1} if self.gpus else None)
+            finally:
+                signal.signal(signal.SIGINT, previous)
             self._own_cluster = cluster
             self.description = f"Dask LocalCluster, {n} workers × 1 thread"
         elif isinstance(cluster, str):

@@ -147,5 +147,18 @@ def write_report(campaign: Any, out: str | Path | None = None, *, n_clusters: in
     estimate = markov_estimate(latent, encoder.lag_frames, encoder.frame_interval_ps,
                                n_clusters=min(n_clusters, sum(len(z) for z in latent)), seed=campaign.config.seed)
     metrics["markov_estimate"] = estimate.to_dict()
+    # show the difference: the walkers' raw histogram over-weights what the rankers chose
+    from ..kinetics import free_energy_1d
+    from ..kinetics.plots import plot_free_energy
+
+    psi1 = [z[:, 0] for z in latent]
+    edges = np.linspace(min(p.min() for p in psi1), max(p.max() for p in psi1), 41)
+    msm = estimate.free_energy(psi1, bins=edges)
+    raw = free_energy_1d(psi1, bins=edges)
+    fig = plot_free_energy([msm, raw], [f"Markovian estimate ({estimate.method})", "raw histogram of the walkers"],
+                           title="free energy along ψ1 of the final model", xlabel="ψ1")
+    metrics["figures"].append(save_figure(fig, out / "fes_psi1.png").name)
+    metrics["fes_psi1"] = {"markov": msm.to_dict(), "raw_walkers": raw.to_dict()}
+    plt.close("all")
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
