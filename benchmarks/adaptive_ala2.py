@@ -98,7 +98,7 @@ dim = 2
 epochs = 15
 [ranker]
 name = "{ranker}"
-cells = 40
+cells = 100
 [stop]
 max_rounds = 1000
 md_budget = "{budget_ns}ns"

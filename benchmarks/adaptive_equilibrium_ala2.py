@@ -57,7 +57,7 @@ dim = 2
 epochs = 30
 [ranker]
 name = "{ranker}"
-cells = 40
+cells = 100
 [stop]
 max_rounds = 1000
 md_budget = "{budget_ns}ns"

@@ -210,8 +210,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--workdir", default="runs/adaptive_vs_md")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--only-throughput", action="store_true")
     parser.add_argument("--dim", type=int, default=3, help="SRV latent dimensions")
-    parser.add_argument("--cells", type=int, default=30, help="latent cells of the rankers")
+    parser.add_argument("--cells", type=int, default=100, help="latent cells of the rankers")
     args = parser.parse_args()
     global DIM, CELLS
     DIM, CELLS = args.dim, args.cells
@@ -220,6 +221,9 @@ def main() -> None:
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.only_throughput:
+        throughput(workdir)
+        return
     cap = args.cap_rounds * args.walkers * args.steps
     results: dict[str, list[int]] = {"plain MD": []}
     t0 = time.perf_counter()

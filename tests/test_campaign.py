@@ -221,7 +221,7 @@ def test_driver_sigkill_then_resume_equals_the_uninterrupted_campaign(tmp_path, 
 
 @pytest.mark.parametrize("executor", ["processes", "dask"])
 def test_a_dead_worker_or_a_failed_walker_is_rerun(tmp_path, reference, executor):
-    """Walker (0, 1)'s worker dies mid-task and walker (1, 2) raises once: both are re-run, nothing is lost.
+    """Walker (0, 1)'s worker dies at MD step 500 of 1000 and walker (1, 2) raises once: both re-run, nothing lost.
 
     A raised walker is retried with fresh velocities (the seed counts its
     failures), so its store differs from the reference; a worker death under
@@ -229,7 +229,7 @@ def test_a_dead_worker_or_a_failed_walker_is_rerun(tmp_path, reference, executor
     process pool it is a recorded failure and a new attempt.
     """
     campaign = Campaign(init_campaign(tmp_path / "c", write_config(tmp_path)))
-    campaign.faults = {(0, 1): {"kind": "exit", "marker": str(tmp_path / "dead")},
+    campaign.faults = {(0, 1): {"kind": "exit", "marker": str(tmp_path / "dead"), "at_step": 500},
                        (1, 2): {"kind": "raise", "marker": str(tmp_path / "raised")}}
     make = (lambda: ProcessPoolExecutor(2)) if executor == "processes" else (lambda: DaskExecutor(workers=2))
     with make() as ex:

@@ -27,7 +27,7 @@ Example ``campaign.toml``::
 
     [ranker]
     name = "counts"          # counts | ucb | uncertainty | dream | random | continue (plain MD)
-    cells = 30
+    cells = 100
     diversity = "farthest"   # farthest | none
 
     [stop]
@@ -160,7 +160,7 @@ class ModelConfig:
 @dataclass
 class RankerConfig:
     name: str = "counts"
-    cells: int = 30
+    cells: int = 100  # k-means cells; 30 on the four-state benchmark missed the far wells (docs/campaign.md)
     diversity: str = "farthest"
     ucb_c: float = 1.0  # UCB1 exploration constant
     dream_steps: int = 50  # latent-simulator steps per dreamed walker ("dream")

@@ -122,22 +122,38 @@ def _seed_state(seed: dict) -> tuple[np.ndarray, np.ndarray | None, np.ndarray |
     return positions, None if box is None else box[0], None
 
 
-def _inject_fault(fault: dict | None) -> None:
+class _ExitAt:
+    """An OpenMM reporter that kills its process at a step (a worker dying mid-walker)."""
+
+    def __init__(self, step: int):
+        self.step = int(step)
+
+    def describeNextReport(self, simulation) -> dict:
+        return {"steps": max(self.step - simulation.currentStep, 1), "periodic": False, "include": []}
+
+    def report(self, simulation, state) -> None:
+        os._exit(1)
+
+
+def _inject_fault(fault: dict | None) -> list:
     """Resilience tests: the first execution that finds no ``fault["marker"]`` file creates it and fails.
 
     ``kind="raise"``: the task raises (as a walker whose system exploded);
-    ``kind="exit"``: the worker process dies at once (``os._exit``), leaving an
-    unfinished execution folder behind.
+    ``kind="exit"``: the worker process dies (``os._exit``) at MD step
+    ``fault["at_step"]`` (default: before the first step), leaving an
+    unfinished execution folder behind.  Returns the reporters to attach.
     """
     if not fault:
-        return
+        return []
     marker = Path(fault["marker"])
     try:
         fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     except FileExistsError:
-        return
+        return []
     os.close(fd)
     if fault["kind"] == "exit":
+        if fault.get("at_step"):
+            return [_ExitAt(fault["at_step"])]
         os._exit(1)
     raise LssError("injected failure (test)")
 
@@ -165,7 +181,7 @@ def run_walker(task: dict) -> dict:
     start = time.perf_counter()
     folder = Path(f"{task['out']}-{uuid.uuid4().hex[:8]}")
     folder.mkdir(parents=True)
-    _inject_fault(task.get("fault"))
+    faults = _inject_fault(task.get("fault"))
     test_system, simulation, was_warm = _simulation(task["system"], task.get("platform", "auto"),
                                                    bool(task.get("warm", True)))
     seed = int(task["velocity_seed"])
@@ -191,7 +207,7 @@ def run_walker(task: dict) -> dict:
         result = run_md(simulation, folder / "md.zarr", steps=int(task["steps"]),
                         report_interval=int(task["report_interval"]),
                         featurizer=featurizer_from_spec(task["featurizer"]), atoms=task.get("atoms"), seed=seed,
-                        flush_interval=int(task.get("flush_interval", 100)), reporters=[restarts], progress=False)
+                        flush_interval=int(task.get("flush_interval", 100)), reporters=[restarts, *faults], progress=False)
     finally:
         restarts.close()
     if not result.complete:
