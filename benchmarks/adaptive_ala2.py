@@ -94,7 +94,7 @@ features = "backbone-torsions"
 atoms = "heavy"
 [model]
 lag = 2
-dim = 2
+dim = {dim}
 epochs = 15
 [ranker]
 name = "{ranker}"
@@ -115,7 +115,7 @@ def campaign_run(seed: int, args, quartet: np.ndarray, executor) -> tuple[float 
     directory = Path(args.workdir) / args.ranker / f"seed{seed}"
     shutil.rmtree(directory, ignore_errors=True)
     text = CONFIG.format(seed=seed, walkers=args.walkers, walker_ps=args.walker_ps, ranker=args.ranker,
-                         budget_ns=args.budget_ns)
+                         budget_ns=args.budget_ns, dim=args.dim)
     campaign = Campaign(init_campaign(directory, CampaignConfig.from_mapping(tomllib.loads(text))))
     r = 0
     while True:
@@ -145,6 +145,7 @@ def main() -> None:
     parser.add_argument("--walkers", type=int, default=8)
     parser.add_argument("--walker-ps", type=float, default=50.0)
     parser.add_argument("--ranker", default="counts")
+    parser.add_argument("--dim", type=int, default=4, help="SRV latent dimensions (4: sin/cos of φ and ψ)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--workdir", default="runs/adaptive_ala2")
     args = parser.parse_args()
