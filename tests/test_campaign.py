@@ -403,3 +403,23 @@ def test_stopping_rules():
     assert _stable([a, {**a, "vamp2": 2.1, "timescales_block_ps": [120.0]}], stop)  # within 2 combined SE
     assert not _stable([a, {**a, "timescales_block_ps": [150.0]}], stop)  # 50 ps > 2 × 14 ps
     assert not _stable([a, {**a, "vamp2_error": None}], stop)  # no error, no claim of stability
+
+
+def test_killed_worker_is_a_recorded_failure_then_rerun(tmp_path):
+    """A walker whose every execution kills its Dask worker ends in ``KilledWorker``: recorded, re-run, not a crash.
+
+    Dask re-runs a task whose worker died until it has killed
+    ``distributed.scheduler.allowed-failures`` + 1 workers (3 + 1); the fault kills
+    the first 4 executions, so Dask gives up with ``KilledWorker``, the driver
+    records it and submits a new attempt, which succeeds.
+    """
+    import dask
+
+    campaign = Campaign(init_campaign(tmp_path / "c", write_config(tmp_path, rounds=1)))
+    campaign.faults = {(0, 2): {"kind": "exit", "marker": str(tmp_path / "k"), "times": 4}}
+    with dask.config.set({"distributed.scheduler.allowed-failures": 3}), DaskExecutor(workers=2) as ex:
+        campaign.run(executor=ex, progress=False)
+    rec = campaign.state.walkers[(0, 2)]
+    assert rec.committed is not None and len(rec.attempts) == 2
+    assert len(rec.failures) == 1 and "KilledWorker" in rec.failures[0]
+    assert sorted(committed(campaign)) == [(0, w) for w in range(4)]

@@ -136,8 +136,10 @@ class _ExitAt:
 
 
 def _inject_fault(fault: dict | None) -> list:
-    """Resilience tests: the first execution that finds no ``fault["marker"]`` file creates it and fails.
+    """Resilience tests: the first ``fault["times"]`` (default 1) executions that reach here fail.
 
+    Executions are counted with marker files ``<fault["marker"]>.<k>``
+    (created exclusively, so concurrent executions count once each).
     ``kind="raise"``: the task raises (as a walker whose system exploded);
     ``kind="exit"``: the worker process dies (``os._exit``) at MD step
     ``fault["at_step"]`` (default: before the first step), leaving an
@@ -145,12 +147,15 @@ def _inject_fault(fault: dict | None) -> list:
     """
     if not fault:
         return []
-    marker = Path(fault["marker"])
-    try:
-        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-    except FileExistsError:
+    for k in range(int(fault.get("times", 1))):
+        try:
+            fd = os.open(f"{fault['marker']}.{k}", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        break
+    else:
         return []
-    os.close(fd)
     if fault["kind"] == "exit":
         if fault.get("at_step"):
             return [_ExitAt(fault["at_step"])]
