@@ -37,7 +37,7 @@ import numpy as np
 
 WELLS = np.array([(2.03, -1.02), (0.51, 2.06), (-0.51, -2.06), (-2.03, 1.02)])
 RADIUS = 0.6
-DIM, CELLS = 2, 30  # set from the command line
+DIM, CELLS, DIVERSITY = 3, 100, "farthest"  # set from the command line
 
 
 def visits(xy: np.ndarray) -> np.ndarray:
@@ -92,6 +92,7 @@ ensemble = {ensemble}
 [ranker]
 name = "{ranker}"
 cells = {cells}
+diversity = "{diversity}"
 dream_steps = 20
 dream_walkers = 4
 candidates = 300
@@ -123,7 +124,8 @@ def adaptive(ranker: str, seed: int, walkers: int, steps: int, report: int, cap_
 
     directory = workdir / ranker / f"seed{seed}"
     text = CONFIG.format(seed=seed, walkers=walkers, steps=steps, report=report, rounds=cap_rounds, ranker=ranker,
-                         ensemble=3 if ranker == "uncertainty" else 1, dim=DIM, cells=CELLS)
+                         ensemble=3 if ranker == "uncertainty" else 1, dim=DIM, cells=CELLS,
+                         diversity=DIVERSITY)
     config = CampaignConfig.from_mapping(tomllib.loads(text))
     if (directory / "campaign.json").exists():
         campaign = Campaign(directory)
@@ -213,9 +215,10 @@ def main() -> None:
     parser.add_argument("--only-throughput", action="store_true")
     parser.add_argument("--dim", type=int, default=3, help="SRV latent dimensions")
     parser.add_argument("--cells", type=int, default=100, help="latent cells of the rankers")
+    parser.add_argument("--diversity", default="farthest", help="batch choice: farthest or none")
     args = parser.parse_args()
-    global DIM, CELLS
-    DIM, CELLS = args.dim, args.cells
+    global DIM, CELLS, DIVERSITY
+    DIM, CELLS, DIVERSITY = args.dim, args.cells, args.diversity
 
     from lss_engine.campaign.executors import ProcessPoolExecutor
 
