@@ -101,12 +101,16 @@ max_rounds = {rounds}
 """
 
 
-def discovery(campaign, walkers: int, steps: int, report: int) -> np.ndarray:
-    """Total steps at which each well was first visited (inf: not yet), over the committed rounds."""
+def discovery(campaign, walkers: int, steps: int, report: int, first: np.ndarray | None = None,
+              round_: int | None = None) -> np.ndarray:
+    """Total steps at which each well was first visited (inf: not yet): ``first`` updated with round ``round_``
+    (default: all committed rounds)."""
     from lss_engine.store import TrajectoryStore
 
-    first = np.full(4, np.inf)
+    first = np.full(4, np.inf) if first is None else first
     for c in campaign.state.committed():
+        if round_ is not None and c["round"] != round_:
+            continue
         lab = visits(TrajectoryStore(campaign.dir / c["folder"] / "md.zarr").positions()[:, 0, :2])
         for k in range(4):
             hit = np.flatnonzero(lab == k)
@@ -135,9 +139,10 @@ def adaptive(ranker: str, seed: int, walkers: int, steps: int, report: int, cap_
             return (int(total) if np.isfinite(total) else cap_rounds * walkers * steps), len(campaign.state.models)
     shutil.rmtree(directory, ignore_errors=True)
     campaign = Campaign(init_campaign(directory, config))
+    first = np.full(4, np.inf)
     for r in range(cap_rounds):
         campaign.run(executor=executor, max_rounds=1, progress=False)
-        first = discovery(campaign, walkers, steps, report)
+        first = discovery(campaign, walkers, steps, report, first, r)
         if np.isfinite(first).all() or campaign.state.stopped is not None:
             break
     total = first.max()

@@ -23,6 +23,8 @@ __all__ = [
     "atomic_write_bytes",
     "configure_threads",
     "atomic_write_json",
+    "canonical_json",
+    "hash_file",
     "fsync_dir",
     "jsonable",
     "positive_int",
@@ -115,6 +117,30 @@ def jsonable(obj: Any, default: Callable[[Any], Any] | None = None) -> Any:
     if isinstance(obj, (list, tuple)):
         return [jsonable(v, default) for v in obj]
     return obj if default is None else default(obj)
+
+
+def canonical_json(obj: Any, what: str = "a value") -> str:
+    """Canonical strict JSON text (sorted keys, no spaces, no NaN): equal objects give equal text.
+
+    The one rule behind every comparison or checksum of JSON in the package
+    (feature specs, system specs, event-log lines).  ``what`` names ``obj``
+    in the :class:`LssError` raised for something that is not strict JSON.
+    """
+    try:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise LssError(f"{what} is not strict JSON ({first_line(exc)})") from None
+
+
+def hash_file(path: str | os.PathLike, digest: Any = None) -> Any:
+    """Feed the bytes of the file ``path`` into ``digest`` (a new SHA-256 by default), in 1 MiB blocks; return it."""
+    import hashlib
+
+    digest = hashlib.sha256() if digest is None else digest
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 1, fsync: bool = True) -> None:

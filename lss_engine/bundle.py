@@ -20,14 +20,13 @@ implied timescale) are written as ``null``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ._helpers import atomic_write_bytes, atomic_write_json, first_line
+from ._helpers import atomic_write_bytes, atomic_write_json, first_line, hash_file
 from .errors import LssError
 from .provenance import provenance as _provenance
 
@@ -52,11 +51,7 @@ def _model_type(model: Any) -> str:
 
 
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return hash_file(path).hexdigest()
 
 
 @dataclass

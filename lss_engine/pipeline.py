@@ -131,13 +131,9 @@ def _warm_start_state(model_dir: str | os.PathLike, feature_names: Sequence[str]
     previous = load_encoder(model_dir)
     if list(previous.feature_names) != list(feature_names):
         raise LssError(f"{model_dir}: its encoder was trained on other features; it cannot be a warm start")
-    state = {k: v.clone() for k, v in previous.model.state_dict().items()}
-    for key in state:
-        if key.endswith("standardize.mean"):
-            state[key].zero_()
-        elif key.endswith("standardize.std"):
-            state[key].fill_(1.0)
-    return state
+    n = len(feature_names)
+    previous.model.set_standardization(np.zeros(n), np.ones(n))  # identity: training sees normalised data
+    return {k: v.clone() for k, v in previous.model.state_dict().items()}
 
 
 def load_encoder(model_dir: str | os.PathLike) -> Encoder:

@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ._helpers import atomic_write_bytes, fsync_dir
+from ._helpers import atomic_write_bytes, canonical_json, fsync_dir
 from .errors import StoreError
 from .provenance import provenance as _provenance
 
@@ -93,10 +93,6 @@ def chunk_frames_for(frame_shape: Sequence[int], itemsize: int, target_bytes: in
     """Frames per chunk so that one chunk holds about ``target_bytes``."""
     bytes_per_frame = max(1, int(np.prod(frame_shape, dtype=np.int64)) * itemsize)
     return max(_MIN_CHUNK_FRAMES, -(-int(target_bytes) // bytes_per_frame))
-
-
-def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
 # --------------------------------------------------------------------------
@@ -763,7 +759,7 @@ class StoreWriter(MultiStoreWriter):
         if not np.array_equal(reader.atom_indices, indices):
             raise StoreError(f"cannot append to {path}: the saved atom selection differs")
         spec = None if featurizer is None else featurizer.spec()
-        if _canonical(spec) != _canonical(reader.feature_spec):
+        if canonical_json(spec, "the feature spec") != canonical_json(reader.feature_spec, "the store's feature spec"):
             raise StoreError(f"cannot append to {path}: the feature spec differs from the store's")
         if not np.isclose(reader.timestep_ps, timestep_ps, rtol=1e-9, atol=0):
             raise StoreError(

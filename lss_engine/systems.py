@@ -73,7 +73,7 @@ import numpy as np
 import openmm
 from openmm import app, unit
 
-from ._helpers import first_line, jsonable, positive_float
+from ._helpers import canonical_json, first_line, jsonable, positive_float
 from .errors import LssError
 from .units import parse_time_ps
 
@@ -1115,14 +1115,6 @@ def _is_xml_parameters(parameters: Mapping[str, Any]) -> bool:
     return "system_xml" in parameters and "sha256" in parameters
 
 
-def _canonical_json(obj: Any, what: str) -> str:
-    """Canonical JSON text (sorted keys, no spaces, strict): equal specs give equal text."""
-    try:
-        return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise LssError(f"{what} is not strict JSON ({first_line(exc)})") from None
-
-
 def system_spec(test_system: TestSystem) -> dict:
     """A JSON-able spec from which :func:`build_system` rebuilds ``test_system``.
 
@@ -1159,7 +1151,7 @@ def system_spec(test_system: TestSystem) -> dict:
             raise LssError(f"system {key!r} has parameters its builder does not take ({', '.join(foreign)}); "
                            f"it cannot be rebuilt from a spec")
         spec = {"kind": "builtin", "name": key, "parameters": params}
-    _canonical_json(spec, f"the spec of system {test_system.name!r}")
+    canonical_json(spec, f"the spec of system {test_system.name!r}")
     return spec
 
 
@@ -1210,7 +1202,7 @@ def system_key(spec: Mapping[str, Any]) -> str:
     The spec is taken as it is: ``300`` and ``300.0`` differ, so key the specs
     of :func:`system_spec`, whose numbers are normalised by the builders.
     """
-    return hashlib.sha256(_canonical_json(jsonable(dict(spec)), "a system spec").encode()).hexdigest()[:16]
+    return hashlib.sha256(canonical_json(jsonable(dict(spec)), "a system spec").encode()).hexdigest()[:16]
 
 
 def _registry_key(name: str) -> str | None:

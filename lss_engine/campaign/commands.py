@@ -46,10 +46,8 @@ def cmd_campaign(args: argparse.Namespace) -> int:
     if action in ("run", "resume"):
         if args.rounds is not None and args.rounds < 1:
             raise LssError("--rounds must be positive")
-        state = campaign.run(scheduler=args.scheduler, max_rounds=args.rounds, progress=not args.no_progress)
+        campaign.run(scheduler=args.scheduler, max_rounds=args.rounds, progress=not args.no_progress)
         print(status_table(campaign))
-        if state.stopped is None and args.rounds is None:
-            return 1
         return 0
     if action == "status":
         print(status_table(campaign))

@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .._helpers import atomic_write_bytes, atomic_write_json, derive_seed, first_line
+from .._helpers import atomic_write_bytes, atomic_write_json, derive_seed
 from ..errors import LssError
 from .config import SCHEMA_VERSION, CampaignConfig, load_config
 from .events import EventLog
@@ -83,27 +83,31 @@ class CampaignState:
     def from_events(cls, events: list[dict]) -> "CampaignState":
         state = cls()
         for e in events:
-            kind = e["type"]
-            key = (e.get("round"), e.get("walker"))
-            if kind == "round_started":
-                state.rounds_started.append(e["round"])
-            elif kind == "walker_submitted":
-                state.walkers.setdefault(key, WalkerRecord(*key)).attempts.append(e)
-            elif kind == "walker_committed":
-                rec = state.walkers[key]
-                if rec.committed is None:  # first committed attempt wins
-                    rec.committed = e
-            elif kind == "walker_failed":
-                state.walkers[key].failures.append(e["reason"])
-            elif kind == "walker_abandoned":
-                state.walkers[key].abandoned = True
-            elif kind == "model_trained":
-                state.models[e["round"]] = e
-            elif kind == "seeds_selected":
-                state.seeds[e["round"]] = e
-            elif kind == "campaign_stopped":
-                state.stopped = e
+            state.apply(e)
         return state
+
+    def apply(self, e: dict) -> None:
+        """Fold one event into the state (the driver applies each event as it appends it)."""
+        kind = e["type"]
+        key = (e.get("round"), e.get("walker"))
+        if kind == "round_started":
+            self.rounds_started.append(e["round"])
+        elif kind == "walker_submitted":
+            self.walkers.setdefault(key, WalkerRecord(*key)).attempts.append(e)
+        elif kind == "walker_committed":
+            rec = self.walkers[key]
+            if rec.committed is None:  # first committed attempt wins
+                rec.committed = e
+        elif kind == "walker_failed":
+            self.walkers[key].failures.append(e["reason"])
+        elif kind == "walker_abandoned":
+            self.walkers[key].abandoned = True
+        elif kind == "model_trained":
+            self.models[e["round"]] = e
+        elif kind == "seeds_selected":
+            self.seeds[e["round"]] = e
+        elif kind == "campaign_stopped":
+            self.stopped = e
 
     def committed(self, up_to_round: int | None = None) -> list[dict]:
         """``walker_committed`` events in (round, walker) order."""
@@ -211,6 +215,9 @@ class Campaign:
         except (KeyError, TypeError):
             raise LssError(f"{path} is damaged (missing config)") from None
         self.log = EventLog(self.dir / EVENTS_FILE)
+        self._state = CampaignState.from_events(self.log.events)
+        self._encoders: dict[tuple[int, int], Any] = {}  # (round, member) -> Encoder, loaded once
+        self._features: dict[str, np.ndarray] = {}  # committed folder -> its features, read once
         self._lock_fd: int | None = None
         self.progress = True
         self.on_event: Callable[[dict], None] | None = None  # tests: e.g. kill the driver at a chosen event
@@ -219,10 +226,12 @@ class Campaign:
     # -- bookkeeping -----------------------------------------------------------
     @property
     def state(self) -> CampaignState:
-        return CampaignState.from_events(self.log.events)
+        """The event log folded (kept up to date as this driver appends)."""
+        return self._state
 
     def _event(self, kind: str, **fields: Any) -> dict:
         event = self.log.append(kind, **fields)
+        self._state.apply(event)
         if self.on_event is not None:
             self.on_event(event)
         return event
@@ -273,7 +282,7 @@ class Campaign:
     def _finished_folders(self, r: int, w: int, attempt: int) -> list[tuple[Path, dict]]:
         prefix = self._attempt_prefix(r, w, attempt)
         found = []
-        for folder in sorted(prefix.parent.glob(prefix.name + "-*")) if prefix.parent.is_dir() else []:
+        for folder in prefix.parent.glob(prefix.name + "-*") if prefix.parent.is_dir() else []:
             done = read_done(folder)
             if done is not None:
                 found.append((folder, done))
@@ -369,6 +378,15 @@ class Campaign:
     def _stores(self, r: int) -> list[Path]:
         return [self.dir / c["folder"] / "md.zarr" for c in self.state.committed(r)]
 
+    def features(self, committed: list[dict]) -> list[np.ndarray]:
+        """The features of committed walkers' stores (each store read once per driver)."""
+        from ..store import TrajectoryStore
+
+        for c in committed:
+            if c["folder"] not in self._features:
+                self._features[c["folder"]] = TrajectoryStore(self.dir / c["folder"] / "md.zarr").features()
+        return [self._features[c["folder"]] for c in committed]
+
     def _encoder_settings(self, seed: int):
         from ..settings import EncoderSettings
 
@@ -378,7 +396,7 @@ class Campaign:
                                val_split=m.val_split, progress=False, patience=None)
 
     def _train(self, r: int) -> dict:
-        from ..pipeline import load_encoder, train_encoder
+        from ..pipeline import train_encoder
         from ..store import open_stores
 
         stores = open_stores(self._stores(r))
@@ -388,11 +406,10 @@ class Campaign:
         for k in range(m.ensemble):
             out = self.model_dir(r, k)
             initial = self.model_dir(r - 1, k) if (m.warm_start and previous is not None) else None
-            train_encoder(stores, self._encoder_settings(derive_seed(self.config.seed, 2, k) % 2 ** 31),
-                          out, analyze=False, initial=initial)
-            members.append(load_encoder(out))
+            members.append(train_encoder(stores, self._encoder_settings(derive_seed(self.config.seed, 2, k) % 2 ** 31),
+                                         out, analyze=False, initial=initial))
             hashes.append(json.loads((out / "model.json").read_text())["stages"]["encoder"]["sha256"])
-        features = [s.features() for s in stores]
+        features = self.features(self.state.committed(r))
         pooled = np.concatenate(features)
         raw = [enc.slow_coordinates(pooled) for enc in members]
         # the gauge: coordinates of member 0 aligned to the previous round's campaign coordinates
@@ -413,17 +430,22 @@ class Campaign:
         lengths = [len(f) for f in features]
         blocks = _block_scores(np.split(reference, np.cumsum(lengths)[:-1]), enc.lag_frames,
                                enc.frame_interval_ps)
-        return self._event("model_trained", round=r, models=[str(self.model_dir(r, k).relative_to(self.dir))
-                                                               for k in range(m.ensemble)],
-                           hashes=hashes, gauges=gauges, n_frames=int(len(pooled)),
-                           validation_score=enc.extra.get("validation_score"),
-                           timescales_ps=enc.extra.get("implied_timescales_ps"), **blocks,
-                           discovered=int(discovered_cells(reference)))
+        event = self._event("model_trained", round=r, models=[str(self.model_dir(r, k).relative_to(self.dir))
+                                                                for k in range(m.ensemble)],
+                            hashes=hashes, gauges=gauges, n_frames=int(len(pooled)),
+                            validation_score=enc.extra.get("validation_score"),
+                            timescales_ps=enc.extra.get("implied_timescales_ps"), **blocks,
+                            discovered=int(discovered_cells(reference)))
+        self._encoders.update({(r, k): member for k, member in enumerate(members)})
+        return event
 
     def encoder(self, r: int, member: int = 0):
+        """The trained encoder of round ``r`` (ensemble ``member``), loaded once."""
         from ..pipeline import load_encoder
 
-        return load_encoder(self.model_dir(r, member))
+        if (r, member) not in self._encoders:
+            self._encoders[(r, member)] = load_encoder(self.model_dir(r, member))
+        return self._encoders[(r, member)]
 
     def latent_of(self, r: int, *, features: np.ndarray, member: int = 0) -> np.ndarray:
         """Campaign coordinates (gauge-aligned slow coordinates) of the model of round ``r``."""
@@ -434,7 +456,6 @@ class Campaign:
     # -- ranking ------------------------------------------------------------
     def _select(self, r: int) -> dict:
         """Score the frames with the model of round ``r`` and choose the seeds of round ``r + 1``."""
-        from ..store import open_stores
         from ..kinetics import kmeans
         from .rankers import RankInput, rank, select_batch
 
@@ -449,8 +470,7 @@ class Campaign:
                 seeds.append({"frame": {"kind": "state", "path": str(self.dir / c["folder"] / "md.zarr.state.xml")},
                               "keep_velocities": True, "walker_from": c["walker"]})
             return self._event("seeds_selected", round=r + 1, ranker="continue", model_round=r, seeds=seeds)
-        stores = open_stores([self.dir / c["folder"] / "md.zarr" for c in committed])
-        features = [s.features() for s in stores]
+        features = self.features(committed)
         lengths = np.array([len(f) for f in features])
         pooled = np.concatenate(features)
         latent = self.latent_of(r, features=pooled)
@@ -478,7 +498,7 @@ class Campaign:
             inp.ensemble = np.stack([self.latent_of(r, features=pooled[candidates], member=k)
                                      for k in range(cfg.model.ensemble)])
         if cfg.ranker.name == "dream":
-            inp.dream = self._dreamer(r, stores, latent, lengths)
+            inp.dream = self._dreamer(r)
         scores = rank(cfg.ranker.name, inp)
         chosen = select_batch(latent[candidates], scores, n_walkers, diversity=cfg.ranker.diversity, rng=rng)
         seeds = []
@@ -508,7 +528,7 @@ class Campaign:
             rewards.append(float(rare[frames].mean()))
         return np.asarray(cells, int), np.asarray(rewards, float)
 
-    def _dreamer(self, r: int, stores: list, latent: np.ndarray, lengths: np.ndarray):
+    def _dreamer(self, r: int):
         """The campaign's latent simulator of round ``r``: an MDN on the model's latent trajectories."""
         from ..bundle import ModelBundle
         from ..pipeline import train_propagator
@@ -517,7 +537,7 @@ class Campaign:
         out = self.model_dir(r)
         bundle = ModelBundle.load(out)
         if "propagator" not in bundle:
-            train_propagator(out, stores, PropagatorSettings(epochs=20, restarts=1, n_components=8, progress=False,
+            train_propagator(out, self._stores(r), PropagatorSettings(epochs=20, restarts=1, n_components=8, progress=False,
                                                              seed=self.config.seed, patience=None))
             bundle = ModelBundle.load(out)
         mdn = bundle["propagator"].model

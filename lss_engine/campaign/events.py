@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 import google_crc32c
 
-from .._helpers import fsync_dir, jsonable
+from .._helpers import canonical_json, fsync_dir, jsonable
 from ..errors import LssError
 
 __all__ = ["CampaignLogError", "EventLog", "read_events"]
@@ -38,12 +38,8 @@ class CampaignLogError(LssError):
     """The event log is damaged (not a torn last line, which is expected after a kill)."""
 
 
-def _canonical(event: dict) -> bytes:
-    return json.dumps(event, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
-
-
 def _crc(event: dict) -> str:
-    return f"{google_crc32c.value(_canonical(event)):08x}"
+    return f"{google_crc32c.value(canonical_json(event, 'an event').encode()):08x}"
 
 
 def _parse(path: Path, number: int, raw: bytes) -> dict:
@@ -110,7 +106,7 @@ class EventLog:
         """Write one event durably and return it (with ``seq``, ``time`` and ``type``)."""
         event = {"seq": len(self.events), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "type": str(type),
                  **jsonable(fields)}
-        line = _canonical({**event, "crc": _crc(event)}) + b"\n"
+        line = canonical_json({**event, "crc": _crc(event)}, "an event").encode() + b"\n"
         new = not self.path.exists()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:

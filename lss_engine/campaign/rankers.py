@@ -118,9 +118,8 @@ def _dream(inp: RankInput) -> np.ndarray:
     flat = paths.reshape(-1, paths.shape[-1])
     dist = np.linalg.norm(flat[:, None, :] - inp.centers[None], axis=-1)
     cell = dist.argmin(axis=1)
-    radius = np.array([np.linalg.norm(inp.latent[inp.labels == c] - inp.centers[c], axis=1).max(initial=0.0)
-                       for c in range(len(inp.centers))])
-    new = dist[np.arange(len(flat)), cell] > radius.max()
+    radius = np.linalg.norm(inp.latent - inp.centers[inp.labels], axis=1).max()  # the largest cell's radius
+    new = dist[np.arange(len(flat)), cell] > radius
     value = np.where(new, 1.0, 1.0 / np.maximum(inp.counts[cell], 1.0))
     return value.reshape(paths.shape[0], -1).mean(axis=1)
 

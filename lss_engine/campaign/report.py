@@ -89,7 +89,6 @@ def write_report(campaign: Any, out: str | Path | None = None, *, n_clusters: in
     import matplotlib.pyplot as plt
 
     from ..kinetics.plots import save_figure
-    from ..store import open_stores
 
     out = Path(out) if out is not None else campaign.dir / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -102,8 +101,7 @@ def write_report(campaign: Any, out: str | Path | None = None, *, n_clusters: in
         return metrics
     last = trained[-1]
     committed = state.committed(last)
-    stores = open_stores([campaign.dir / c["folder"] / "md.zarr" for c in committed])
-    features = [s.features() for s in stores]
+    features = campaign.features(committed)
     latent = np.split(campaign.latent_of(last, features=np.concatenate(features)),
                       np.cumsum([len(f) for f in features])[:-1])
     rounds = np.array([c["round"] for c in committed])

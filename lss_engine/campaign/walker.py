@@ -29,6 +29,7 @@ walker's noise depends on its own seed only, warm or cold.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -38,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from .._helpers import atomic_write_json
+from .._helpers import atomic_write_json, hash_file
 from ..errors import LssError
 
 __all__ = ["DONE", "read_done", "run_walker", "tree_hash", "warm_cache_clear"]
@@ -62,17 +63,13 @@ def tree_hash(*paths: str | os.PathLike) -> str:
         files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
         for f in files:
             digest.update(str(f.relative_to(root.parent)).encode() + b"\0")
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
+            hash_file(f, digest)
             digest.update(b"\0")
     return digest.hexdigest()
 
 
 def read_done(folder: str | os.PathLike) -> dict | None:
     """The result recorded in an execution folder, or ``None`` if it is unfinished or damaged."""
-    import json
-
     path = Path(folder) / DONE
     try:
         result = json.loads(path.read_text())
