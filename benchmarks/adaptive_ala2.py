@@ -12,6 +12,7 @@ start, each ``budget / walkers`` long (``--plain-seeds`` seeds), with the same
 test on every frame.
 
 Run:  OMP_NUM_THREADS=1 python benchmarks/adaptive_ala2.py --seeds 10 --budget-ns 20 --workdir runs/adaptive_ala2
+Biased exploration (issue 12): add  --explorers 2 --features backbone-torsions-sincos
 """
 from __future__ import annotations
 
@@ -90,7 +91,7 @@ temperature = 300
 walkers = {walkers}
 steps = "{walker_ps}ps"
 report_interval = "1ps"
-features = "backbone-torsions"
+features = "{features}"
 atoms = "heavy"
 [model]
 lag = 2
@@ -102,6 +103,12 @@ cells = 100
 [stop]
 max_rounds = 1000
 md_budget = "{budget_ns}ns"
+[explore]
+walkers = {explorers}
+mode = "{mode}"
+height = {height}
+kappa = {kappa}
+reach = {reach}
 """
 
 
@@ -112,10 +119,11 @@ def campaign_run(seed: int, args, quartet: np.ndarray, executor) -> tuple[float 
     from lss_engine.store import TrajectoryStore
     import tomllib
 
-    directory = Path(args.workdir) / args.ranker / f"seed{seed}"
+    directory = Path(args.workdir) / (args.ranker + (f"_{args.mode}{args.explorers}" if args.explorers else "")) / f"seed{seed}"
     shutil.rmtree(directory, ignore_errors=True)
     text = CONFIG.format(seed=seed, walkers=args.walkers, walker_ps=args.walker_ps, ranker=args.ranker,
-                         budget_ns=args.budget_ns, dim=args.dim)
+                         budget_ns=args.budget_ns, dim=args.dim, features=args.features, explorers=args.explorers,
+                         kappa=args.kappa, reach=args.reach, mode=args.mode, height=args.height)
     campaign = Campaign(init_campaign(directory, CampaignConfig.from_mapping(tomllib.loads(text))))
     r = 0
     while True:
@@ -146,6 +154,13 @@ def main() -> None:
     parser.add_argument("--walker-ps", type=float, default=50.0)
     parser.add_argument("--ranker", default="counts")
     parser.add_argument("--dim", type=int, default=4, help="SRV latent dimensions (4: sin/cos of φ and ψ)")
+    parser.add_argument("--features", default="backbone-torsions",
+                        help="campaign features (biased explorers need smooth ones: backbone-torsions-sincos)")
+    parser.add_argument("--explorers", type=int, default=0, help="biased explorer walkers per round (lss_engine.bias)")
+    parser.add_argument("--mode", default="push", help="explorers: push (restraint past the frontier) or flood")
+    parser.add_argument("--height", type=float, default=2.0, help="flood: kJ/mol per ln(1 + cell count)")
+    parser.add_argument("--kappa", type=float, default=50.0, help="explorers' latent restraint, kJ/mol per unit^2")
+    parser.add_argument("--reach", type=float, default=1.0, help="explorers' target beyond their seed, latent units")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--workdir", default="runs/adaptive_ala2")
     args = parser.parse_args()
@@ -170,7 +185,9 @@ def main() -> None:
     plain = [r["ns"] for r in results["plain"] if r["ns"] is not None]
     print(f"\nalanine dipeptide, vacuum, 300 K, from C7eq; basin {BASIN[0]} < φ < {BASIN[1]}; budget "
           f"{args.budget_ns:g} ns of total MD; {args.walkers} walkers × {args.walker_ps:g} ps per round")
-    print(f"  campaign ({args.ranker}): reached in {len(reached)} of {args.seeds} seeds"
+    how = f"κ={args.kappa:g} reach={args.reach:g}" if args.mode == "push" else f"height={args.height:g}"
+    label = args.ranker + (f", {args.explorers} {args.mode} explorers {how}" if args.explorers else "")
+    print(f"  campaign ({label}; features {args.features}): reached in {len(reached)} of {args.seeds} seeds"
           + (f"; median {np.median(reached):.2f} ns, range {min(reached):.2f}-{max(reached):.2f} ns" if reached else ""))
     print(f"  plain MD ({args.walkers} walkers × {args.budget_ns / args.walkers:g} ns): reached in {len(plain)} of "
           f"{args.plain_seeds} seeds" + (f"; at {', '.join(f'{x:.2f}' for x in plain)} ns" if plain else ""))

@@ -96,7 +96,7 @@ def estimate(directory: Path, quartet: np.ndarray, clusters: int, seed: int) -> 
     campaign = Campaign(directory)
     state = campaign.state
     last = max(state.models)
-    stores = [TrajectoryStore(campaign.dir / c["folder"] / "md.zarr") for c in state.committed()]
+    stores = [TrajectoryStore(campaign.dir / c["folder"] / "md.zarr") for c in state.unbiased()]
     features = [s.features() for s in stores]
     latent = np.split(campaign.latent_of(last, features=np.concatenate(features)),
                       np.cumsum([len(f) for f in features])[:-1])

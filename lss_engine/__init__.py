@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "ZarrReporter": "lss_engine.reporters",
+    "LatentReporter": "lss_engine.reporters",
     "TrajectoryStore": "lss_engine.store",
     "open_store": "lss_engine.store",
     "open_stores": "lss_engine.store",

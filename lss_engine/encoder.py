@@ -118,7 +118,8 @@ class Encoder:
         )
 
 
-    def export_module(self, featurizer: Optional[nn.Module] = None, dim: int | None = None) -> "EncoderModule":
+    def export_module(self, featurizer: Optional[nn.Module] = None, dim: int | None = None, *,
+                      dtype: Optional[torch.dtype] = None) -> "EncoderModule":
         """Positions → latent as one ``nn.Module`` (:class:`EncoderModule`), scriptable and traceable.
 
         Parameters
@@ -129,6 +130,9 @@ class Encoder:
         dim
             SRV: leading eigenfunctions (default ``n_latent``).  VAMPNet: ignored
             (the output is the memberships, as :meth:`latent`).
+        dtype
+            The network's dtype in the module (default: the trained network's);
+            ``torch.float64`` for forces on OpenMM's Reference/CPU platforms.
         """
         if featurizer is None:
             if self.feature_spec is None:
@@ -139,7 +143,7 @@ class Encoder:
         n = getattr(featurizer, "n_features", None)
         if n is not None and int(n) != len(self.feature_names):
             raise LssError(f"the featurizer gives {n} features, the encoder expects {len(self.feature_names)}")
-        return EncoderModule(featurizer, self.model, self.kind, dim)
+        return EncoderModule(featurizer, self.model, self.kind, dim, dtype)
 
 
 class EncoderModule(nn.Module):
@@ -152,7 +156,8 @@ class EncoderModule(nn.Module):
     encoder's (changing the encoder later does not change this module).
     """
 
-    def __init__(self, featurizer: nn.Module, model: Any, kind: str, dim: int | None = None):
+    def __init__(self, featurizer: nn.Module, model: Any, kind: str, dim: int | None = None,
+                 dtype: Optional[torch.dtype] = None):
         super().__init__()
         import copy
 
@@ -162,7 +167,8 @@ class EncoderModule(nn.Module):
         self.standardize = copy.deepcopy(model.standardize)
         self.lobe = copy.deepcopy(model.lobe)
         self.is_srv = kind == "srv"
-        self.dtype = model.reference_tensor().dtype
+        self.dtype = model.reference_tensor().dtype if dtype is None else dtype
+        self.lobe.to(self.dtype)
         if self.is_srv:
             model._check_whitened()
             d = model._dim(dim)

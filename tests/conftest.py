@@ -51,5 +51,14 @@ def ala2_model(ala2_store, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def encoder(ala2_model):
+    """The :class:`~lss_engine.encoder.Encoder` of ``ala2_model``, read through its checked bundle."""
+    from lss_engine.bundle import ModelBundle
+    from lss_engine.encoder import Encoder
+
+    return Encoder.from_bundle(ModelBundle.load(ala2_model))
+
+
 def finite(a) -> bool:
     return bool(np.isfinite(np.asarray(a)).all())

@@ -94,6 +94,9 @@ def reference(tmp_path_factory):
     ("[system]\nxml='s.xml'\n", "xml needs pdb"),
     ("[system]\nname='four-state'\n[cluster]\nkind='address'\n", "needs cluster.address"),
     ("[system\n", "not valid TOML"),
+    ("[system]\nname='four-state'\n[md]\nwalkers=2\n[explore]\nwalkers=3\n", "must not exceed md.walkers"),
+    ("[system]\nname='four-state'\n[ranker]\nname='continue'\n[explore]\nwalkers=1\n", "needs a ranker"),
+    ("[system]\nname='four-state'\n[explore]\nkappa=-1\n", "explore.kappa"),
 ])
 def test_bad_configs_are_one_line_errors(tmp_path, capsys, bad, message):
     path = tmp_path / "bad.toml"
@@ -423,3 +426,85 @@ def test_killed_worker_is_a_recorded_failure_then_rerun(tmp_path):
     assert rec.committed is not None and len(rec.attempts) == 2
     assert len(rec.failures) == 1 and "KilledWorker" in rec.failures[0]
     assert sorted(committed(campaign)) == [(0, w) for w in range(4)]
+
+
+def test_candidate_subsample_keeps_every_cell():
+    """A uniform subsample of 120 out of ~1250 frames would miss most of the 2-frame cells; the stratified one
+    holds every cell (100 cells ≤ 120), at most one frame more per cell than any other, and no duplicates."""
+    from lss_engine.campaign.rankers import stratified_subsample
+
+    cells = np.r_[np.zeros(1000, int), np.ones(3, int), np.full(50, 2), np.arange(3, 100).repeat(2)]
+    rng = np.random.default_rng(0)
+    pick = stratified_subsample(cells, 120, rng)
+    assert len(pick) == len(np.unique(pick)) == 120 and np.all(np.diff(pick) > 0)
+    per_cell = np.bincount(cells[pick], minlength=100)
+    assert per_cell.min() >= 1 and per_cell.max() <= 2
+    assert np.array_equal(stratified_subsample(cells[:10], 120, rng), np.arange(10))
+
+
+def test_biased_explorers_move_toward_their_targets_and_stay_out_of_training(tmp_path):
+    """``[explore] walkers = 2``: from round 1, two of the four walkers run under the latent restraint
+    (lss_engine.bias, a real TorchForce in the walker's OpenMM System) centred ``reach`` = 1 latent unit beyond
+    their seed, away from the data mean.  Their frames, in the coordinates of the model that set the restraint,
+    end up nearer the centre than the seed was (mean distance over the second half < 0.6 of ``reach``; at
+    κ = 500 the restraint's thermal spread is ~0.05 latent units, so an unbiased walker would have no reason to
+    move that way); the unbiased walkers of the same round do not have a bias; training and the Markovian
+    estimate see unbiased frames only."""
+    from lss_engine.reporters import read_latent_store
+
+    extra = "\n[explore]\nwalkers = 2\nkappa = 500.0\nreach = 1.0\n"
+    campaign = Campaign(init_campaign(tmp_path / "c", write_config(tmp_path, rounds=3, extra=extra)))
+    with ProcessPoolExecutor(2) as pool:
+        campaign.run(executor=pool, progress=False)
+    state = campaign.state
+    assert not any(c.get("bias") for c in state.committed(0))
+    for r in (1, 2):
+        seeds = state.seeds[r]["seeds"]
+        assert [bool(s.get("bias")) for s in seeds] == [True, True, False, False]
+        for w in range(4):
+            c = state.walkers[(r, w)].committed
+            assert bool(c.get("bias")) == (w < 2)
+            if w >= 2:
+                continue
+            target = np.asarray(seeds[w]["bias"]["target"])
+            z = campaign.latent_of(r - 1, features=campaign.features([c])[0])
+            start = np.linalg.norm(np.asarray(seeds[w]["latent"]) - target)
+            assert start == pytest.approx(1.0)
+            assert np.linalg.norm(z[len(z) // 2:] - target, axis=1).mean() < 0.6 * start
+            # bias.zarr (LatentReporter): the model's own latent (float64 in the force; 1e-4: the campaign's encoder
+            # is float32) and the bias energy of every frame (float32 stores: rtol 1e-4)
+            record = read_latent_store(campaign.dir / c["folder"] / "bias.zarr")
+            raw = campaign.encoder(r - 1).slow_coordinates(campaign.features([c])[0])
+            np.testing.assert_allclose(record.latent, raw, atol=1e-4)
+            centre, kappa = np.asarray(seeds[w]["bias"]["centre"]), np.asarray(seeds[w]["bias"]["kappa"])
+            expected = 0.5 * ((record.latent.astype(float) - centre) ** 2 * kappa).sum(1)
+            np.testing.assert_allclose(record.bias_energy, expected, rtol=1e-4, atol=1e-3)
+    unbiased_frames = sum(c["frames"] for c in state.unbiased(2))
+    assert state.models[2]["n_frames"] == unbiased_frames < sum(c["frames"] for c in state.committed(2))
+    metrics = write_report(campaign, tmp_path / "report")
+    assert metrics["markov_estimate"]["n_frames"] == unbiased_frames
+    assert metrics["markov_estimate"]["n_trajectories"] == len(state.unbiased(2))
+
+
+def test_flooding_explorers_record_the_gaussian_bias_of_their_round(tmp_path):
+    """``mode = "flood"``: the ranker's best seed explores under Gaussians on the round's cells, heights
+    h ln(1 + N_c); its bias.zarr energies equal the Gaussian sum of its recorded latent (numpy, float32 stores:
+    rtol 1e-4); training sees the unbiased walkers only."""
+    from lss_engine.bias import GaussianSum
+    from lss_engine.reporters import read_latent_store
+
+    extra = "\n[explore]\nwalkers = 1\nmode = \"flood\"\nheight = 0.5\n"
+    campaign = Campaign(init_campaign(tmp_path / "c", write_config(tmp_path, rounds=2, extra=extra)))
+    with ProcessPoolExecutor(2) as pool:
+        campaign.run(executor=pool, progress=False)
+    state = campaign.state
+    hills = state.seeds[1]["seeds"][0]["bias"]["gaussians"]
+    assert [bool(s.get("bias")) for s in state.seeds[1]["seeds"]] == [True, False, False, False]
+    c = state.walkers[(1, 0)].committed
+    assert c["bias"]["gaussians"] == hills and not any(x.get("bias") for x in state.committed(0))
+    record = read_latent_store(campaign.dir / c["folder"] / "bias.zarr")
+    terms = GaussianSum(hills["centres"], hills["widths"], hills["heights"])
+    np.testing.assert_allclose(record.bias_energy, terms.energy_of(record.latent.astype(float)), rtol=1e-4,
+                               atol=1e-5)
+    assert len(hills["heights"]) == 10 and min(hills["heights"]) >= 0.5 * np.log(2)  # every cell holds a frame
+    assert state.models[1]["n_frames"] == sum(x["frames"] for x in state.unbiased(1))

@@ -30,6 +30,12 @@ Example ``campaign.toml``::
     cells = 100
     diversity = "farthest"   # farthest | none
 
+    [explore]                # biased exploration (lss_engine.bias): explorers among the walkers
+    walkers = 0              # of md.walkers per round, from round 1 (0: off)
+    kappa = 50.0             # latent harmonic restraint, kJ/mol per (latent unit)^2
+    reach = 1.0              # its centre: the seed moved this far outward in latent units
+    # mode = "flood"         # instead: Gaussians on the sampled latent cells, height * ln(1 + count) kJ/mol
+
     [stop]
     max_rounds = 10
     md_budget = "10ns"       # total MD of all walkers
@@ -53,7 +59,7 @@ from typing import Any
 from .._helpers import positive_float, positive_int
 from ..errors import LssError
 
-__all__ = ["CampaignConfig", "ClusterConfig", "MDConfig", "ModelConfig", "RankerConfig", "StopConfig",
+__all__ = ["CampaignConfig", "ClusterConfig", "ExploreConfig", "MDConfig", "ModelConfig", "RankerConfig", "StopConfig",
            "RANKERS", "SCHEMA_VERSION", "load_config"]
 
 #: Version of the campaign directory's layout (config, event log, attempt folders).
@@ -179,6 +185,49 @@ class RankerConfig:
 
 
 @dataclass
+class ExploreConfig:
+    r"""Biased explorers: ``walkers`` of each round's walkers (from round 1) run under a latent restraint.
+
+    Explorers push the frontier: their seeds are spread (farthest-point)
+    over the quarter of the candidate frames farthest from the mean
+    :math:`\bar s` of all frames so far; the ranker places the other walkers.  An explorer
+    starts from its seed frame :math:`x` with campaign coordinates
+    :math:`s = \psi(x)` and is held by the restraint
+    :math:`\tfrac12\kappa\lVert\psi - s^*\rVert^2` (:mod:`lss_engine.bias`) around
+    :math:`s^* = s + \rho\,(s - \bar s)/\lVert s - \bar s\rVert`, with
+    :math:`\rho` = ``reach``: pushed outward, past the sampled region.  Its frames are candidate seeds of
+    later rounds but never enter training or the Markovian estimates
+    (time-lagged pairs under a bias are not the system's dynamics).
+
+    ``mode = "flood"`` instead: the explorers take the ranker's best seeds and
+    run under a static Gaussian sum on the round's latent cells,
+    :math:`b(\psi) = \sum_c h\,\ln(1 + N_c)\,
+    e^{-\lVert\psi - \mu_c\rVert^2 / 2\sigma^2}` (:math:`h` = ``height``,
+    :math:`\sigma` the median distance of a cell centre to its nearest
+    neighbour): sampled regions are filled in proportion to their log
+    counts, so an explorer leaves them over their lowest saddle, in whichever
+    direction that is (metadynamics deposited round by round).
+    """
+
+    walkers: int = 0
+    mode: str = "push"  # push | flood
+    kappa: float = 50.0
+    reach: float = 1.0
+    height: float = 2.0  # flood: kJ/mol per unit of ln(1 + cell count)
+    backend: str = "auto"  # lss_engine.bias backend: auto | torch | python
+
+    def check(self, where: str) -> None:
+        _int(self.walkers, f"{where}.walkers", 0)
+        if self.mode not in ("push", "flood"):
+            raise LssError(f"{where}.mode must be push or flood, got {self.mode!r}")
+        positive_float(self.height, f"{where}.height")
+        positive_float(self.kappa, f"{where}.kappa")
+        positive_float(self.reach, f"{where}.reach")
+        if self.backend not in ("auto", "torch", "python"):
+            raise LssError(f"{where}.backend must be auto, torch or python, got {self.backend!r}")
+
+
+@dataclass
 class StopConfig:
     max_rounds: int = 10
     md_budget: Any = None  # total MD steps (or a time) over all walkers; None: no budget
@@ -233,6 +282,7 @@ class CampaignConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)
     stop: StopConfig = field(default_factory=StopConfig)
+    explore: ExploreConfig = field(default_factory=ExploreConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     seed: int = 0
 
@@ -242,7 +292,7 @@ class CampaignConfig:
         if not isinstance(doc, dict):
             raise LssError("a campaign config must be a table")
         parts = {"system": SystemConfig, "md": MDConfig, "model": ModelConfig, "ranker": RankerConfig,
-                 "stop": StopConfig, "cluster": ClusterConfig}
+                 "stop": StopConfig, "explore": ExploreConfig, "cluster": ClusterConfig}
         for key in doc:
             if key not in (*parts, "seed", "schema_version"):
                 raise LssError(f"unknown key {key} in the campaign config (valid: {', '.join([*parts, 'seed'])})")
@@ -259,6 +309,11 @@ class CampaignConfig:
                 value = getattr(system, key)
                 if value is not None and not Path(value).is_absolute():
                     setattr(system, key, str((base / value).resolve()))
+        explore = built["explore"]
+        if explore.walkers > built["md"].walkers:
+            raise LssError(f"explore.walkers ({explore.walkers}) must not exceed md.walkers ({built['md'].walkers})")
+        if explore.walkers and built["ranker"].name == "continue":
+            raise LssError("explore.walkers needs a ranker to choose their seeds (ranker.name is \"continue\")")
         seed = doc.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise LssError(f"seed must be a non-negative integer, got {seed!r}")

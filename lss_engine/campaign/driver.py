@@ -114,6 +114,10 @@ class CampaignState:
         return [w.committed for k, w in sorted(self.walkers.items())
                 if w.committed is not None and (up_to_round is None or k[0] <= up_to_round)]
 
+    def unbiased(self, up_to_round: int | None = None) -> list[dict]:
+        """Committed walkers that ran without a bias: the only ones whose dynamics train and estimate."""
+        return [c for c in self.committed(up_to_round) if not c.get("bias")]
+
     def round_walkers(self, r: int) -> list[WalkerRecord]:
         return [w for (rr, _), w in sorted(self.walkers.items()) if rr == r]
 
@@ -263,16 +267,21 @@ class Campaign:
     def _velocity_seed(self, r: int, w: int, failures: int) -> int:
         return derive_seed(self.config.seed, 1, r, w, failures) % (2 ** 31 - 1) + 1
 
-    def _seed_frame(self, r: int, w: int) -> tuple[dict, bool]:
-        """The seed frame of walker ``w`` of round ``r`` and whether its velocities are kept."""
+    def _seed_frame(self, r: int, w: int) -> tuple[dict, bool, dict | None]:
+        """The seed frame of walker ``w`` of round ``r``, whether its velocities are kept, and its bias."""
         if r == 0:
-            return {"kind": "state", "path": str(self.dir / INITIAL_STATE)}, False
+            return {"kind": "state", "path": str(self.dir / INITIAL_STATE)}, False, None
         chosen = self.state.seeds[r]["seeds"][w]
-        return chosen["frame"], bool(chosen.get("keep_velocities", False))
+        bias = chosen.get("bias")
+        if bias is not None:  # the model directory is the campaign's; the log keeps it relative
+            bias = {**bias, "model": str(self.dir / bias["model"])}
+        return chosen["frame"], bool(chosen.get("keep_velocities", False)), bias
 
-    def _task(self, r: int, w: int, attempt: int, seed_frame: dict, velocity_seed: int, keep: bool) -> dict:
+    def _task(self, r: int, w: int, attempt: int, seed_frame: dict, velocity_seed: int, keep: bool,
+              bias: dict | None = None) -> dict:
         res = self.resolved
         return {"out": str(self._attempt_prefix(r, w, attempt)), "system": res["system"], "platform": res["platform"],
+                "bias": bias,
                 "seed_frame": seed_frame, "velocity_seed": velocity_seed, "keep_velocities": keep,
                 "steps": res["steps"], "report_interval": res["report_interval"],
                 "restart_interval": res["restart_interval"], "featurizer": res["feature_spec"],
@@ -293,7 +302,8 @@ class Campaign:
                     folder=str(Path(done["folder"]).relative_to(self.dir)), hash=done["hash"],
                     frames=done["frames"], restart_frames=done["restart_frames"], steps=done["steps"],
                     velocity_seed=done["velocity_seed"], setup_s=done["setup_s"], md_s=done["md_s"],
-                    wall_s=done["wall_s"], warm=done["warm"])
+                    wall_s=done["wall_s"], warm=done["warm"],
+                    **({"bias": self.state.seeds[rec.round]["seeds"][rec.walker]["bias"]} if done.get("bias") else {}))
 
     def _clean(self, up_to_round: int) -> None:
         """Delete every execution folder of rounds ``<= up_to_round`` that is not committed.
@@ -321,11 +331,11 @@ class Campaign:
         def submit(w: int) -> None:
             rec = self.state.walkers.get((r, w)) or WalkerRecord(r, w)
             attempt = len(rec.attempts)
-            seed_frame, keep = self._seed_frame(r, w)
+            seed_frame, keep, bias = self._seed_frame(r, w)
             velocity_seed = self._velocity_seed(r, w, len(rec.failures))
             self._event("walker_submitted", round=r, walker=w, attempt=attempt, seed_frame=seed_frame,
-                        velocity_seed=velocity_seed, keep_velocities=keep)
-            task = self._task(r, w, attempt, seed_frame, velocity_seed, keep)
+                        velocity_seed=velocity_seed, keep_velocities=keep, **({"biased": True} if bias else {}))
+            task = self._task(r, w, attempt, seed_frame, velocity_seed, keep, bias)
             if (r, w) in self.faults:
                 task["fault"] = self.faults[(r, w)]
             handle = executor.submit(run_walker, task, key=f"{self.dir.name}-r{r}-w{w}-a{attempt}-{time.time_ns()}",
@@ -376,7 +386,8 @@ class Campaign:
 
     # -- training -------------------------------------------------------------
     def _stores(self, r: int) -> list[Path]:
-        return [self.dir / c["folder"] / "md.zarr" for c in self.state.committed(r)]
+        """The unbiased walkers' stores up to round ``r``: the training data."""
+        return [self.dir / c["folder"] / "md.zarr" for c in self.state.unbiased(r)]
 
     def features(self, committed: list[dict]) -> list[np.ndarray]:
         """The features of committed walkers' stores (each store read once per driver)."""
@@ -409,7 +420,7 @@ class Campaign:
             members.append(train_encoder(stores, self._encoder_settings(derive_seed(self.config.seed, 2, k) % 2 ** 31),
                                          out, analyze=False, initial=initial))
             hashes.append(json.loads((out / "model.json").read_text())["stages"]["encoder"]["sha256"])
-        features = self.features(self.state.committed(r))
+        features = self.features(self.state.unbiased(r))
         pooled = np.concatenate(features)
         raw = [enc.slow_coordinates(pooled) for enc in members]
         # the gauge: coordinates of member 0 aligned to the previous round's campaign coordinates
@@ -457,7 +468,7 @@ class Campaign:
     def _select(self, r: int) -> dict:
         """Score the frames with the model of round ``r`` and choose the seeds of round ``r + 1``."""
         from ..kinetics import kmeans
-        from .rankers import RankInput, rank, select_batch
+        from .rankers import RankInput, rank, select_batch, stratified_subsample
 
         cfg = self.config
         committed = self.state.committed(r)
@@ -487,8 +498,8 @@ class Campaign:
             cand.append(n0 + js)
             where.extend((i, int(j // every)) for j in js)
         candidates = np.concatenate(cand)
-        if len(candidates) > cfg.ranker.candidates:  # a spread subsample keeps the dream/ensemble cost bounded
-            pick = np.sort(rng.choice(len(candidates), cfg.ranker.candidates, replace=False))
+        if len(candidates) > cfg.ranker.candidates:  # bounds the dream/ensemble cost; every cell keeps a candidate
+            pick = stratified_subsample(labels[candidates], cfg.ranker.candidates, rng)
             candidates, where = candidates[pick], [where[k] for k in pick]
         inp = RankInput(latent=latent, labels=labels, centers=km.centers, candidates=candidates, rng=rng,
                         ucb_c=cfg.ranker.ucb_c)
@@ -500,18 +511,66 @@ class Campaign:
         if cfg.ranker.name == "dream":
             inp.dream = self._dreamer(r)
         scores = rank(cfg.ranker.name, inp)
-        chosen = select_batch(latent[candidates], scores, n_walkers, diversity=cfg.ranker.diversity, rng=rng)
+        n_explore = cfg.explore.walkers
+        flood = n_explore and cfg.explore.mode == "flood"
+        mean = latent.mean(axis=0)
+        picks = [(k, float(scores[k]), None) for k in select_batch(
+            latent[candidates], scores, n_walkers - (0 if flood else n_explore), diversity=cfg.ranker.diversity,
+            rng=rng)]
+        if flood:  # the ranker's best seeds explore under the flooding bias of this round's cells
+            hills = self._flooding_bias(r, km.centers, inp.counts)
+            picks = [(k, score, hills if n < n_explore else None) for n, (k, score, _) in enumerate(picks)]
+        elif n_explore:  # explorers push the frontier: spread over the outer quarter of the candidates
+            frontier = np.linalg.norm(latent[candidates] - mean, axis=1)
+            picks = [(k, float(frontier[k]), self._explorer_bias(r, latent[candidates[k]], mean))
+                     for k in select_batch(latent[candidates], frontier, n_explore, diversity=cfg.ranker.diversity,
+                                           pool=max(4 * n_explore, len(candidates) // 4), rng=rng)] + picks
         seeds = []
-        for k in chosen:
+        for k, score, bias in picks:
             i, frame = where[k]
-            seeds.append({"frame": {"kind": "store", "path": str(self.dir / committed[i]["folder"] / "restarts.zarr"),
+            seeds.append({**({"bias": bias} if bias else {}),
+                          "frame": {"kind": "store", "path": str(self.dir / committed[i]["folder"] / "restarts.zarr"),
                                     "frame": frame},
-                          "score": float(scores[k]), "cell": int(labels[candidates[k]]),
+                          "score": score, "cell": int(labels[candidates[k]]),
                           "latent": latent[candidates[k]].tolist(), "walker_from": [committed[i]["round"],
                                                                                      committed[i]["walker"]]})
         return self._event("seeds_selected", round=r + 1, ranker=cfg.ranker.name, model_round=r,
                            model_hash=self.state.models[r]["hashes"][0], n_candidates=int(len(candidates)),
                            n_cells=int(n_cells), seeds=seeds)
+
+    def _raw(self, r: int, aligned: np.ndarray) -> np.ndarray:
+        """Campaign (gauge-aligned) coordinates ``(..., d)`` of round ``r`` back in the model's own ones.
+
+        ``aligned = raw[..., perm] * signs`` inverts to ``raw[..., perm] = aligned * signs``.
+        """
+        gauge = self.state.models[r]["gauges"][0]
+        raw = np.empty_like(aligned)
+        raw[..., np.asarray(gauge["perm"])] = aligned * np.asarray(gauge["signs"])
+        return raw
+
+    def _flooding_bias(self, r: int, centres: np.ndarray, counts: np.ndarray) -> dict:
+        """The Gaussian sum of ``mode = "flood"`` (see ``ExploreConfig``) on the cells of round ``r``."""
+        d = np.linalg.norm(centres[:, None] - centres[None], axis=-1)
+        np.fill_diagonal(d, np.inf)
+        sigma = float(np.median(d.min(axis=1))) if len(centres) > 1 else 1.0
+        heights = self.config.explore.height * np.log1p(counts)
+        return {"model": str(self.model_dir(r).relative_to(self.dir)), "backend": self.config.explore.backend,
+                "gaussians": {"centres": self._raw(r, centres).tolist(), "widths": [sigma] * centres.shape[1],
+                              "heights": heights.tolist()}}
+
+    def _explorer_bias(self, r: int, seed: np.ndarray, mean: np.ndarray) -> dict:
+        """The restraint of an explorer seeded at campaign coordinates ``seed`` (see ``ExploreConfig``).
+
+        The centre :math:`s^*` is computed in campaign (gauge-aligned)
+        coordinates and handed to the force in the model's own ones.
+        """
+        ex = self.config.explore
+        out = seed - mean
+        norm = float(np.linalg.norm(out))
+        target = seed + ex.reach * (out / norm if norm > 0 else np.eye(len(seed))[0])
+        raw = self._raw(r, target)
+        return {"model": str(self.model_dir(r).relative_to(self.dir)), "centre": raw.tolist(),
+                "target": target.tolist(), "kappa": [float(ex.kappa)] * len(raw), "backend": ex.backend}
 
     @staticmethod
     def _ucb_history(committed: list[dict], lengths: np.ndarray, labels: np.ndarray, offsets: np.ndarray,

@@ -142,6 +142,7 @@ def write_report(campaign: Any, out: str | Path | None = None, *, n_clusters: in
     from .estimates import markov_estimate
 
     encoder = campaign.encoder(last)
+    latent = [z for z, c in zip(latent, committed) if not c.get("bias")]  # biased explorers: not the dynamics
     estimate = markov_estimate(latent, encoder.lag_frames, encoder.frame_interval_ps,
                                n_clusters=min(n_clusters, sum(len(z) for z in latent)), seed=campaign.config.seed)
     metrics["markov_estimate"] = estimate.to_dict()

@@ -7,6 +7,8 @@ runs it with :func:`lss_engine.md.run_md` into a fresh *execution folder*
     attempts/r003/w001/a2-<token>/
         md.zarr            the walker's frames (the campaign's feature spec, its saved atoms)
         restarts.zarr      full-system positions and box every ``restart_interval`` steps
+        bias.zarr          explorers only: latent, bias energy and bias parameters of every frame
+                           (:class:`~lss_engine.reporters.LatentReporter`), what reweighting needs
         done.json          written last (atomically): the result, with the SHA-256 of both stores
 
 ``<token>`` is drawn inside the task, so a task that Dask re-runs after its
@@ -39,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from .._helpers import atomic_write_json, hash_file
+from .._helpers import atomic_write_json, canonical_json, hash_file
 from ..errors import LssError
 
 __all__ = ["DONE", "read_done", "run_walker", "tree_hash", "warm_cache_clear"]
@@ -47,7 +49,7 @@ __all__ = ["DONE", "read_done", "run_walker", "tree_hash", "warm_cache_clear"]
 #: The file that marks a finished execution folder.
 DONE = "done.json"
 
-_WARM: dict[str, Any] = {}  # system key -> (test system, Simulation), per worker process
+_WARM: dict[str, Any] = {}  # system key (+ bias model) -> (test system, Simulation, LatentBias), per worker process
 
 
 def warm_cache_clear() -> None:
@@ -75,24 +77,49 @@ def read_done(folder: str | os.PathLike) -> dict | None:
         result = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(result, dict) or result.get("hash") != tree_hash(Path(folder) / "md.zarr",
-                                                                       Path(folder) / "restarts.zarr"):
+    if not isinstance(result, dict) or result.get("hash") != tree_hash(*_stores(folder, bool(result.get("bias")))):
         return None
     return result
 
 
-def _simulation(spec: dict, platform: str, warm: bool) -> tuple[Any, Any, bool]:
-    """The (test system, Simulation) for ``spec``: this process's warm one, or a new one."""
+def _stores(folder: str | os.PathLike, biased: bool) -> list[Path]:
+    """The stores an execution folder holds (hashed into ``done.json``)."""
+    names = ("md.zarr", "restarts.zarr", "bias.zarr") if biased else ("md.zarr", "restarts.zarr")
+    return [Path(folder) / name for name in names]
+
+
+def _simulation(spec: dict, platform: str, warm: bool, bias: dict | None = None) -> tuple[Any, Any, Any, bool]:
+    """The (test system, Simulation, bias handle or ``None``) for ``spec``: this process's warm one, or a new one.
+
+    An explorer's system carries the latent restraint of ``bias["model"]``
+    (:func:`lss_engine.bias.latent_bias_force`); its centre and stiffness are
+    global parameters, so a warm biased Context serves every explorer of
+    that model.
+    """
     from ..systems import build_system, system_key
 
     key = f"{system_key(spec)}:{platform}"
+    if bias is not None:  # a restraint's centre and stiffness are parameters; Gaussians are part of the force
+        hills = hashlib.sha256(canonical_json(bias.get("gaussians")).encode()).hexdigest()
+        key += f":bias:{bias['model']}:{bias.get('backend', 'auto')}:{hills}"
     if warm and key in _WARM:
         return (*_WARM[key], True)
     test_system = build_system(spec)
+    handle = None
+    if bias is not None:
+        from ..bias import GaussianSum, HarmonicRestraint, latent_bias_force
+
+        restraint = HarmonicRestraint(bias["centre"], bias["kappa"]) if "centre" in bias else None
+        hills = bias.get("gaussians")
+        force, handle = latent_bias_force(
+            bias["model"], restraint=restraint,
+            gaussians=None if hills is None else GaussianSum(hills["centres"], hills["widths"], hills["heights"]),
+            periodic=test_system.system.usesPeriodicBoundaryConditions(), backend=bias.get("backend", "auto"))
+        test_system.system.addForce(force)
     simulation = test_system.make_simulation(platform=platform, minimize=False)
     if warm:
-        _WARM[key] = (test_system, simulation)
-    return test_system, simulation, False
+        _WARM[key] = (test_system, simulation, handle)
+    return test_system, simulation, handle, False
 
 
 def _seed_state(seed: dict) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
@@ -169,7 +196,10 @@ def run_walker(task: dict) -> dict:
     ``{"kind": "store", "path", "frame"}``), ``velocity_seed``,
     ``keep_velocities``, ``steps``, ``report_interval``, ``restart_interval``,
     ``featurizer`` (a feature spec), ``atoms``, ``flush_interval``, ``warm``;
-    optional ``fault`` (tests only, see :func:`_inject_fault`).
+    optional ``bias`` (an explorer: ``{"model", "backend"}`` and either
+    ``"centre", "kappa"`` (a latent restraint) or ``"gaussians": {"centres",
+    "widths", "heights"}``, in the model's own coordinates) and ``fault`` (tests
+    only, see :func:`_inject_fault`).
     """
     import openmm
     from openmm import unit
@@ -177,20 +207,24 @@ def run_walker(task: dict) -> dict:
     from .._helpers import configure_threads
     from ..features import featurizer_from_spec
     from ..md import run_md
-    from ..reporters import ZarrReporter
+    from ..reporters import LatentReporter, ZarrReporter
 
     configure_threads(1)
     start = time.perf_counter()
     folder = Path(f"{task['out']}-{uuid.uuid4().hex[:8]}")
     folder.mkdir(parents=True)
     faults = _inject_fault(task.get("fault"))
-    test_system, simulation, was_warm = _simulation(task["system"], task.get("platform", "auto"),
-                                                   bool(task.get("warm", True)))
+    bias = task.get("bias")
+    test_system, simulation, handle, was_warm = _simulation(task["system"], task.get("platform", "auto"),
+                                                           bool(task.get("warm", True)), bias)
     seed = int(task["velocity_seed"])
     positions, box, velocities = _seed_state(task["seed_frame"])
     context, integrator = simulation.context, simulation.integrator
     integrator.setRandomNumberSeed(seed)
     context.reinitialize()  # applies the seed: the walker's noise depends on its seed alone
+    if handle is not None and "centre" in bias:  # after reinitialize, which resets global parameters
+        handle.set_centre(context, bias["centre"])
+        handle.set_stiffness(context, bias["kappa"])
     if box is not None:
         context.setPeriodicBoxVectors(*box)
     context.setPositions(positions)
@@ -203,15 +237,21 @@ def run_walker(task: dict) -> dict:
     context.setStepCount(0)
     simulation.currentStep = 0
     setup = time.perf_counter() - start
+    flush = int(task.get("flush_interval", 100))
     restarts = ZarrReporter(folder / "restarts.zarr", int(task["restart_interval"]), featurizer=None, atoms=None,
-                            flush_interval=int(task.get("flush_interval", 100)), seed=seed)
+                            flush_interval=flush, seed=seed)
+    extra = [restarts]
+    if handle is not None:
+        extra.append(LatentReporter(folder / "bias.zarr", int(task["report_interval"]), handle, flush_interval=flush,
+                                    seed=seed))
     try:
         result = run_md(simulation, folder / "md.zarr", steps=int(task["steps"]),
                         report_interval=int(task["report_interval"]),
                         featurizer=featurizer_from_spec(task["featurizer"]), atoms=task.get("atoms"), seed=seed,
-                        flush_interval=int(task.get("flush_interval", 100)), reporters=[restarts, *faults], progress=False)
+                        flush_interval=flush, reporters=[*extra, *faults], progress=False)
     finally:
-        restarts.close()
+        for reporter in extra:
+            reporter.close()
     if not result.complete:
         raise LssError(f"walker {folder.name} stopped at step {result.step} of {result.total_steps}")
     energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
@@ -219,8 +259,8 @@ def run_walker(task: dict) -> dict:
         raise LssError(f"walker {folder.name}: the final potential energy is {energy}")
     done = {"folder": str(folder), "frames": result.frames, "steps": result.step,
             "restart_frames": restarts.frames_committed, "velocity_seed": seed,
-            "hash": tree_hash(folder / "md.zarr", folder / "restarts.zarr"),
-            "setup_s": setup, "md_s": result.wall_s, "wall_s": time.perf_counter() - start, "warm": was_warm,
+            "hash": tree_hash(*_stores(folder, handle is not None)),
+            "bias": bias is not None, "setup_s": setup, "md_s": result.wall_s, "wall_s": time.perf_counter() - start, "warm": was_warm,
             "pid": os.getpid(), "platform": context.getPlatform().getName(), "openmm": openmm.__version__}
     atomic_write_json(folder / DONE, done)
     return done

@@ -1,4 +1,5 @@
 """OpenMM reporters that feed lss_engine stores."""
+from .latent_reporter import LatentRecord, LatentReporter, read_latent_store
 from .zarr_reporter import ZarrReporter
 
-__all__ = ["ZarrReporter"]
+__all__ = ["LatentRecord", "LatentReporter", "ZarrReporter", "read_latent_store"]

@@ -51,7 +51,57 @@ def _external_forces(system) -> list[str]:
                    if isinstance(f, openmm.CustomExternalForce) and f.getNumParticles() > 0})
 
 
-class ZarrReporter:
+class StoreReporterBase:
+    """The life cycle every store-writing reporter shares: committed frames, close, context manager, reader.
+
+    Subclasses set ``path``, ``_writer``, ``_closed`` and implement ``flush``.
+    """
+
+    path: Path
+    _writer: Any
+    _closed: bool
+
+    _interval: int
+
+    def flush(self) -> None:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def _continue_at(self, writer: Any, step: int) -> None:
+        """Appending: drop frames after ``step`` (a restart from an earlier checkpoint), warn of a gap."""
+        writer.truncate_after_step(step)
+        last = writer.last_step
+        if last is not None and step - last >= self._interval:
+            warn_gap(self.path, last, step, self._interval)
+
+    @property
+    def frames_committed(self) -> int:
+        """Frames visible to readers so far."""
+        return 0 if self._writer is None else self._writer.frames_committed
+
+    def close(self) -> None:
+        """Flush and close; further reports raise."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            _OPEN_REPORTERS.discard(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def open(self) -> TrajectoryStore:
+        """A reader of the frames committed so far."""
+        if self._writer is None:
+            raise StoreError(f"nothing has been reported to {self.path} yet")
+        return TrajectoryStore(self.path)
+
+
+class ZarrReporter(StoreReporterBase):
     """OpenMM reporter that streams featurized frames into a zarr trajectory store.
 
     Parameters
@@ -188,10 +238,7 @@ class ZarrReporter:
                 timestep_ps=timestep_ps,
                 report_interval=self._interval,
             )
-            writer.truncate_after_step(simulation.currentStep)
-            last = writer.last_step
-            if last is not None and simulation.currentStep - last >= self._interval:
-                warn_gap(self.path, last, simulation.currentStep, self._interval)
+            self._continue_at(writer, simulation.currentStep)
         else:
             writer = StoreWriter.create(
                 self.path,
@@ -263,29 +310,3 @@ class ZarrReporter:
             self.report(simulation, simulation.context.getState(getPositions=True,
                                                                 enforcePeriodicBox=bool(self._periodic_request)))
 
-    @property
-    def frames_committed(self) -> int:
-        """Frames visible to readers so far."""
-        return 0 if self._writer is None else self._writer.frames_committed
-
-    def close(self) -> None:
-        """Flush and close; further reports raise."""
-        if self._closed:
-            return
-        try:
-            self.flush()
-        finally:
-            self._closed = True
-            _OPEN_REPORTERS.discard(self)
-
-    def __enter__(self) -> "ZarrReporter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def open(self) -> TrajectoryStore:
-        """A reader of the frames committed so far."""
-        if self._writer is None:
-            raise StoreError(f"nothing has been reported to {self.path} yet")
-        return TrajectoryStore(self.path)
