@@ -148,6 +148,7 @@ def campaign_run(seed: int, args, quartet: np.ndarray, executor) -> tuple[float 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--first-seed", type=int, default=0, help="campaign seeds first-seed … first-seed + seeds − 1")
     parser.add_argument("--plain-seeds", type=int, default=3)
     parser.add_argument("--budget-ns", type=float, default=20.0)
     parser.add_argument("--walkers", type=int, default=8)
@@ -172,7 +173,7 @@ def main() -> None:
     results = {"campaign": [], "plain": []}
     t0 = time.perf_counter()
     with ProcessPoolExecutor(args.workers) as pool:
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             ns, rounds = campaign_run(seed, args, quartet, pool)
             results["campaign"].append({"seed": seed, "ns": ns, "rounds": rounds})
             print(f"campaign seed {seed}: {'not reached' if ns is None else f'{ns:.2f} ns'} ({rounds} rounds, "
@@ -191,7 +192,7 @@ def main() -> None:
           + (f"; median {np.median(reached):.2f} ns, range {min(reached):.2f}-{max(reached):.2f} ns" if reached else ""))
     print(f"  plain MD ({args.walkers} walkers × {args.budget_ns / args.walkers:g} ns): reached in {len(plain)} of "
           f"{args.plain_seeds} seeds" + (f"; at {', '.join(f'{x:.2f}' for x in plain)} ns" if plain else ""))
-    (Path(args.workdir) / "results.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+    (Path(args.workdir) / f"results_{args.first_seed}.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -396,6 +396,10 @@ def fes_row(name: str, phi: np.ndarray, result, ref_fes, args, total_ns: float) 
             "effective_sample_size": float(result.effective_sample_size),
             "p_phi_positive": float(result.expectation((phi > 0).astype(float))),
             "mean_error_kT": float(np.nanmean(prof.errors[populated])) if populated.any() else float("nan"),
+            # the RMSE that the two profiles' own statistical errors alone would give (offset ignored)
+            "noise_floor_kT": float(np.sqrt(np.nanmean(prof.errors[populated] ** 2
+                                                       + ref_fes.errors[populated] ** 2)))
+            if populated.any() else float("nan"),
             "fes_kT": F, "errors_kT": prof.errors, "converged": bool(result.converged)}
 
 
@@ -558,14 +562,17 @@ def main() -> None:
           f"κ = {kappa:.1f} kJ/mol, MTS N = {args.mts}; MBAR {'converged' if umbrella.converged else 'NOT converged'} "
           f"in {umbrella.iterations} iterations")
     print(f"{'method':18s} {'total ns':>8s} {'RMSE kT':>8s} {'bins':>5s} {'common':>7s} {'ESS':>9s} "
-          f"{'P(φ>0) %':>9s} {'±err kT':>8s} {'CPU s':>7s}")
+          f"{'P(φ>0) %':>9s} {'±err kT':>8s} {'noise kT':>8s} {'CPU s':>7s}")
     for row in rows:
         print(f"{row['method']:18s} {row['total_ns']:8.2f} {row['fes_rmse_kT']:8.2f} {row['bins_compared']:5d} "
               f"{row['fes_rmse_common_kT']:7.2f} {row['effective_sample_size']:9.0f} "
-              f"{100 * row['p_phi_positive']:9.2f} {row['mean_error_kT']:8.2f} {row['wall_s']:7.0f}")
+              f"{100 * row['p_phi_positive']:9.2f} {row['mean_error_kT']:8.2f} {row['noise_floor_kT']:8.2f} "
+              f"{row['wall_s']:7.0f}")
     print(f"  bins: populated in the estimate and the reference (of {rows[0]['bins_reference']} in the "
           f"reference); common: RMSE over the {int(common_bins.sum())} bins populated in all three; ESS: Kish's "
-          f"effective frames of the weights; ±err: mean bootstrap error (blocks) over the compared bins")
+          f"effective frames of the weights; ±err: mean bootstrap error (blocks) over the compared bins; noise: "
+          f"the RMSE the estimate's and the reference's errors alone would give, √mean(σ² + σ_ref²); CPU s: the "
+          f"runs' wall time summed")
     print(f"  biased MD: {total_ns:g} ns recorded + {args.windows * args.equil_ps / 1000:g} ns equilibration"
           + (f" + {len(check['runs']) * args.check_ps / 1000:g} ns MTS check" if check else "")
           + f"; recorded vs recomputed bias energy: max |Δ| {bias_check:.2e} kJ/mol")
@@ -579,10 +586,10 @@ def main() -> None:
               f"length differ by sampling noise too):")
         for n, r in check["runs"].items():
             how = "every step (LangevinMiddle)" if n == 1 else f"every {n} steps (MTS {2 * n} fs)"
-            tv = (f"TV ψ1 {r['psi1_tv_distance']:.3f}, φ {r['phi_tv_distance']:.3f}" if "psi1_tv_distance" in r
+            tv = (f"TV ψ1 {r['psi1_tv_distance']:.3f}, φ {r['phi_tv_distance']:.3f}; " if "psi1_tv_distance" in r
                   else "")
             print(f"    bias {how:28s}: ψ1 {r['psi1_mean']:+.3f} ± {r['psi1_mean_se']:.3f} (std {r['psi1_std']:.3f}),"
-                  f" φ {r['phi_mean']:+.3f} ± {r['phi_mean_se']:.3f}; {tv}; {r['steps_2fs_per_s']:.0f} steps/s"
+                  f" φ {r['phi_mean']:+.3f} ± {r['phi_mean_se']:.3f}; {tv}{r['steps_2fs_per_s']:.0f} steps/s"
                   + (f"; BLEW UP after {r['ps']:g} ps ({r['error'][:60]})" if r["error"] else ""))
     print(f"  target RMSE ≤ 0.5 kT: {'met' if rows[0]['fes_rmse_kT'] <= 0.5 else 'NOT met'} "
           f"({rows[0]['fes_rmse_kT']:.2f} kT); total wall {time.perf_counter() - t_start:.0f} s")

@@ -242,6 +242,16 @@ def _build_parser() -> argparse.ArgumentParser:
                                      "step order). Exit status 1 if any store is damaged.")
     ver.add_argument("stores", nargs="+", metavar="STORE")
     ver.add_argument("--json", action="store_true", help="print JSON instead of text")
+    rw = sub.add_parser("reweight", help="unbiased FES from biased runs (LatentReporter stores), by MBAR",
+                        description="Each store is one run under one fixed bias; every frame is weighed by MBAR "
+                                    "over all runs' biases; prints and plots the FES along a latent coordinate.")
+    rw.add_argument("stores", nargs="+", metavar="BIAS_STORE")
+    rw.add_argument("--coordinate", type=int, default=1, help="latent coordinate (1 = ψ1, the slowest)")
+    rw.add_argument("--bins", type=int, default=40)
+    rw.add_argument("--temperature", type=float, default=None, help="K (default: the runs' recorded one)")
+    rw.add_argument("--resample", choices=("blocks", "runs"), default="blocks",
+                    help="bootstrap: blocks within each run (umbrella windows) or whole runs (exchangeable runs)")
+    rw.add_argument("--out", default=None, metavar="DIR", help="fes.png and metrics.json go here")
     from .campaign.commands import add_parser as add_campaign_parser
 
     add_campaign_parser(sub)
@@ -634,7 +644,27 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"simulate": cmd_simulate, "train": cmd_train, "analyze": cmd_analyze, "generate": cmd_generate,
+def cmd_reweight(args: argparse.Namespace) -> int:
+    from .pipeline import reweight_stores
+
+    if args.bins < 2:
+        raise LssError("--bins must be at least 2")
+    m = reweight_stores(args.stores, args.out, coordinate=args.coordinate - 1, bins=args.bins,
+                        temperature=args.temperature, resample=args.resample)
+    profile, result = m["profile"], m["result"]
+    print(f"lss reweight: {len(args.stores)} runs, {len(result.weights)} frames, MBAR "
+          f"{'converged' if result.converged else 'NOT converged'} in {result.iterations} iterations, effective "
+          f"sample size {result.effective_sample_size:.0f}, {m['temperature_K']:g} K")
+    print(f"  ψ{args.coordinate}        F (kT)   ± (kT)")
+    for x, f, e in zip(profile.centers[0], profile.free_energy, profile.errors):
+        if math.isfinite(f):
+            print(f"  {x:9.3f}  {f:7.2f}  {e:7.2f}")
+    if args.out:
+        print(f"  fes.png and metrics.json in {args.out}")
+    return 0
+
+
+_COMMANDS = {"simulate": cmd_simulate, "reweight": cmd_reweight, "train": cmd_train, "analyze": cmd_analyze, "generate": cmd_generate,
              "demo": cmd_demo, "sample-latent": cmd_sample_latent, "info": cmd_info, "verify": cmd_verify,
              "campaign": lambda args: _campaign(args)}
 

@@ -285,7 +285,9 @@ class MDRun:
                 n = min(chunk - sim.currentStep % chunk, self.total_steps - sim.currentStep)
                 sim.step(n)
                 with sigint_deferred():
-                    reporter.flush()
+                    for r in [reporter, *self._extra_reporters]:  # every store holds the checkpoint's frames
+                        if hasattr(r, "flush"):
+                            r.flush()
                     self._save_checkpoint()
                 bar.update(n)
                 elapsed = time.perf_counter() - start_wall

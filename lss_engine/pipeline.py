@@ -706,3 +706,70 @@ def validate_simulator(model_dir: str | os.PathLike, stores: Sequence[Any], out:
     atomic_write_json(out / "metrics.json", jsonable(metrics, default=str), indent=2)
     return metrics
 
+
+
+def reweight_stores(bias_stores: Sequence[str | os.PathLike], out: str | os.PathLike | None = None, *,
+                    coordinate: int = 0, bins: int = 40, temperature: float | None = None, n_boot: int = 100,
+                    resample: str = "blocks", seed: int = 0) -> dict:
+    """Unbiased FES along latent coordinate ``coordinate`` from biased runs recorded by ``LatentReporter``.
+
+    Each store is one run under one fixed bias (one thermodynamic state).
+    Every frame's bias under every run's bias, :math:`b_k(s_n)`, is rebuilt
+    from the stores (``LatentRecord.bias_energy_of``: each run's own terms and
+    parameters at the pooled latent points); each run's recorded energies
+    must equal its rebuilt ones (a damaged or mismatched store is refused);
+    then MBAR (:func:`lss_engine.bias.mbar_weights`) and the reweighted
+    profile with bootstrap errors (:func:`lss_engine.bias.reweighted_fes`).
+    ``temperature`` (K) defaults to the one the runs recorded, which must
+    agree.  With ``out``: ``fes.png`` and ``metrics.json`` there.
+    """
+    from openmm import unit
+
+    from .bias.reweight import mbar_weights, reweighted_fes, run_labels
+    from .reporters.latent_reporter import read_latent_store
+
+    if not bias_stores:
+        raise LssError("reweighting needs at least one biased run's LatentReporter store")
+    records = [read_latent_store(p) for p in bias_stores]
+    for rec in records:
+        if len(rec.latent) == 0:
+            raise LssError(f"{rec.path} holds no frames")
+        if len(rec.parameters) and not (rec.parameters == rec.parameters[0]).all():
+            raise LssError(f"{rec.path}: the bias parameters change during the run; reweighting needs one fixed "
+                           "bias per run (split the run where they change)")
+    dims = {rec.latent.shape[1] for rec in records}
+    if len(dims) != 1:
+        raise LssError(f"the runs record latent spaces of different dimensions {sorted(dims)}")
+    d = dims.pop()
+    if not 0 <= coordinate < d:
+        raise LssError(f"--coordinate must be in 0..{d - 1}, got {coordinate}")
+    if temperature is None:
+        temps = {None if rec.temperature_K is None else round(float(rec.temperature_K), 6) for rec in records}
+        if None in temps or len(temps) != 1:
+            raise LssError(f"the runs record temperatures {sorted(map(str, temps))}; pass --temperature")
+        temperature = temps.pop()
+    kT = float(temperature) * unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
+    latent = np.concatenate([rec.latent.astype(np.float64) for rec in records])
+    bias_kn = np.stack([rec.bias_energy_of(latent) for rec in records])
+    offsets = np.cumsum([0] + [len(rec.latent) for rec in records])
+    for k, rec in enumerate(records):
+        own, recorded = bias_kn[k, offsets[k]:offsets[k + 1]], rec.bias_energy.astype(np.float64)
+        worst = float(np.max(np.abs(own - recorded) / (1.0 + np.abs(recorded))))
+        if not worst < 1e-3:  # float32 stores: ~1e-7 relative
+            raise LssError(f"{rec.path}: its recorded bias energies differ from its bias rebuilt from the store "
+                           f"(max relative difference {worst:.2g}); the store is damaged or not one run's")
+    result = mbar_weights(bias_kn, run_labels([len(r.latent) for r in records]), kT=kT)
+    profile = reweighted_fes(latent[:, coordinate], result, bins=bins, kT=1.0, n_boot=n_boot, resample=resample,
+                             seed=seed)
+    metrics = {"runs": [str(r.path) for r in records], "temperature_K": float(temperature), "kT_kJ_mol": kT,
+               "coordinate": int(coordinate), "reweighting": result.to_dict(), "fes_kT": profile.to_dict()}
+    if out is not None:
+        from .kinetics.plots import plot_free_energy, save_figure
+
+        out = Path(out)
+        fig = plot_free_energy(profile, [f"MBAR over {len(records)} biased runs"], xlabel=f"ψ{coordinate + 1}",
+                               title="unbiased free energy (kT) from biased runs")
+        save_figure(fig, out / "fes.png")
+        atomic_write_json(out / "metrics.json", jsonable(metrics))
+    metrics["profile"], metrics["result"] = profile, result
+    return metrics

@@ -221,3 +221,18 @@ def test_flush_at_interpreter_exit(tmp_path):
     path = tmp_path / "exit.zarr"
     subprocess.run([sys.executable, "-c", _CHILD, str(path), "1000", "370"], check=True, capture_output=True)
     assert TrajectoryStore(path).n_frames == 37
+
+
+def test_integrator_temperature_of_custom_integrators():
+    """Stores record the temperature of MTSLangevinIntegrator (a CustomIntegrator with a ``kT`` global) too:
+    kT / R back to kelvin is exact up to float rounding."""
+    import openmm
+    from openmm import unit
+
+    from lss_engine.reporters.zarr_reporter import integrator_temperature
+
+    mts = openmm.MTSLangevinIntegrator(450 * unit.kelvin, 1 / unit.picosecond, 0.004 * unit.picoseconds,
+                                       [(0, 2), (1, 1)])
+    assert integrator_temperature(mts) == pytest.approx(450.0, rel=1e-12)
+    assert integrator_temperature(openmm.LangevinMiddleIntegrator(300, 1, 0.002)) == 300.0
+    assert integrator_temperature(openmm.VerletIntegrator(0.001)) is None

@@ -121,7 +121,7 @@ from .._helpers import canonical_json, jsonable, positive_int
 from ..errors import LssError, NonFiniteError, StoreError
 from ..interrupts import sigint_deferred
 from ..store import FeatureBlock, StoreWriter, TrajectoryStore
-from .zarr_reporter import _OPEN_REPORTERS, StoreReporterBase, _register_atexit
+from .zarr_reporter import _OPEN_REPORTERS, StoreReporterBase, _register_atexit, integrator_temperature
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..bias.forces import LatentBias
@@ -489,7 +489,7 @@ class LatentReporter(StoreReporterBase):
             blocks.append(FeatureBlock(BIAS_PARAMETERS, list(names), [_parameter_unit(n, self.bias) for n in names]))
         integrator = simulation.integrator
         timestep_ps = integrator.getStepSize()._value
-        temperature = integrator.getTemperature()._value if hasattr(integrator, "getTemperature") else None
+        temperature = integrator_temperature(integrator)
         no_atoms = np.zeros(0, dtype=np.int64)
         if self._append and self.path.exists():
             self._check_append(setup)

@@ -51,6 +51,20 @@ def _external_forces(system) -> list[str]:
                    if isinstance(f, openmm.CustomExternalForce) and f.getNumParticles() > 0})
 
 
+def integrator_temperature(integrator: Any) -> float | None:
+    """The integrator's temperature in K: ``getTemperature()``, or a custom integrator's ``kT`` global
+    (``MTSLangevinIntegrator`` and other ``CustomIntegrator``s); ``None`` when it has neither."""
+    if hasattr(integrator, "getTemperature"):
+        return float(integrator.getTemperature()._value)
+    try:
+        kT = integrator.getGlobalVariableByName("kT")  # kJ/mol
+    except Exception:
+        return None
+    from openmm import unit
+
+    return float(kT / unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin))
+
+
 class StoreReporterBase:
     """The life cycle every store-writing reporter shares: committed frames, close, context manager, reader.
 
@@ -226,7 +240,7 @@ class ZarrReporter(StoreReporterBase):
         )
         integrator = simulation.integrator
         timestep_ps = integrator.getStepSize()._value
-        temperature = integrator.getTemperature()._value if hasattr(integrator, "getTemperature") else None
+        temperature = integrator_temperature(integrator)
         periodic = simulation.system.usesPeriodicBoundaryConditions()
 
         if self._append and self.path.exists():
