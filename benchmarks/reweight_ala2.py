@@ -57,7 +57,7 @@ thread each); a task gets and returns JSON text.  A finished run whose
 configuration matches is reused on a rerun (``WORKDIR/**/done.json``).
 Writes ``WORKDIR/results.json``.
 
-Run (about 20-25 minutes on 2 shared cores at the defaults: 16 windows × 0.5 ns, MTS N = 2):
+Run (about 30 minutes on 2 shared cores at the defaults: 16 windows × 0.75 ns, MTS N = 2):
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/reweight_ala2.py --workdir runs/reweight_ala2
 """
@@ -411,7 +411,7 @@ def main() -> None:
     parser.add_argument("--train-ns", type=float, default=2.0, help="ns per 450 K training walker (2 walkers)")
     parser.add_argument("--epochs", type=int, default=30, help="SRV epochs")
     parser.add_argument("--windows", type=int, default=16, help="umbrella windows along ψ1")
-    parser.add_argument("--window-ns", type=float, default=0.5, help="production ns per window")
+    parser.add_argument("--window-ns", type=float, default=0.75, help="production ns per window")
     parser.add_argument("--equil-ps", type=float, default=50.0, help="unrecorded ps per run (windows: half steered)")
     parser.add_argument("--kappa-factor", type=float, default=3.0, help="κ = factor × kT / (centre spacing)²")
     parser.add_argument("--mts", type=int, default=2, help="bias every N 2-fs steps (MTSLangevinIntegrator)")
