@@ -467,3 +467,41 @@ def test_metadynamics_over_a_latent_coordinate(ala2_model, encoder, ala2_system,
     x = np.asarray(simulation.context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(
         unit.nanometer))
     assert meta.getCollectiveVariables(simulation)[0] == pytest.approx(python_latent(encoder, x)[0, 0], abs=1e-5)
+
+
+def test_latent_metadynamics_grows_well_tempered_hills_in_place(ala2_model, ala2_system):
+    """Continuous well-tempered metadynamics on the PythonForce backend (OpenMM's Metadynamics over a TorchForce
+    crashes with this openmm-torch wheel): 300 steps with a hill every 50 give 6 hills, the first of height h0,
+    each later one h0·exp(−V_before(c_j)/(kT(γ−1))) with V_before the earlier hills at its centre (recomputed in
+    numpy, 1e-12); the force's energy at the current state is V(s) of the encoder's s (1e-8: same float64
+    module); F = −γ/(γ−1)·V; the System is not serialisable (the force would pickle its function)."""
+    from openmm import app
+
+    from lss_engine.bias import LatentMetadynamics
+
+    if not PythonForceBackend.available():
+        pytest.skip("this OpenMM has no PythonForce")
+    system = copy.deepcopy(ala2_system.system)
+    meta = LatentMetadynamics(system, ala2_model, width=[0.3, 0.4], height=2.0, frequency=50, temperature=450.0,
+                              bias_factor=5.0, force_group=7)
+    sim = app.Simulation(ala2_system.topology, system, ala2_system.make_integrator(3),
+                         openmm.Platform.getPlatformByName("Reference"))
+    sim.context.setPositions(ala2_system.positions)
+    sim.context.setVelocitiesToTemperature(450 * unit.kelvin, 3)
+    meta.step(sim, 300)
+    c, h = meta.centres, meta.heights
+    assert c.shape == (6, 2) and h[0] == pytest.approx(2.0)
+    kT = 450.0 * 0.00831446261815324
+    for j in range(1, 6):
+        before = np.sum(h[:j] * np.exp(-0.5 * np.sum(((c[j] - c[:j]) / [0.3, 0.4]) ** 2, axis=1)))
+        assert h[j] == pytest.approx(2.0 * np.exp(-before / (kT * 4.0)), rel=1e-12)
+    s = meta.latent(sim)
+    energy = sim.context.getState(getEnergy=True, groups={7}).getPotentialEnergy().value_in_unit(
+        unit.kilojoule_per_mole)
+    assert energy == pytest.approx(float(meta.bias_energy(s)), rel=1e-8, abs=1e-10)
+    np.testing.assert_allclose(meta.free_energy(c), -1.25 * meta.bias_energy(c))
+    with pytest.raises(Exception):
+        openmm.XmlSerializer.serialize(system)
+    with pytest.raises(LssError, match="bias_factor"):
+        LatentMetadynamics(copy.deepcopy(ala2_system.system), ala2_model, width=0.3, height=1.0, frequency=10,
+                           temperature=300.0, bias_factor=1.0)

@@ -11,6 +11,9 @@
   directory) and its :class:`LatentBias` handle (global parameters, latent
   read-back from energy-parameter derivatives); :func:`latent_cv_force` and
   :func:`latent_bias_variable` for OpenMM's own ``Metadynamics``;
+* :mod:`~lss_engine.bias.metadynamics` -- :class:`LatentMetadynamics`:
+  continuous (well-tempered) metadynamics, hills grown in place on the
+  ``PythonForce`` backend;
 * :mod:`~lss_engine.bias.reweight` -- unbiased weights of biased runs
   (MBAR; deeptime's TRAM) and the reweighted free energy with bootstrap errors.
 
@@ -32,13 +35,14 @@ _EXPORTS = {
     "latent_bias_variable": "forces", "latent_training_range": "forces", "DEFAULT_FORCE_GROUP": "forces",
     "ReweightResult": "reweight", "ReweightedProfile": "reweight", "mbar_weights": "reweight",
     "tram_weights": "reweight", "reweighted_fes": "reweight", "run_labels": "reweight",
+    "LatentMetadynamics": "metadynamics",
 }
 
 __all__ = ["DEFAULT_FORCE_GROUP", "FlatBottomWalls", "ForceBackend", "GaussianSum", "HarmonicRestraint",
            "LatentBias", "LatentBiasModule", "LatentTerm", "PythonForceBackend", "TorchForceBackend",
            "TorchForceModule", "choose_backend", "latent_bias_force", "latent_bias_variable", "latent_cv_force",
            "latent_training_range", "ReweightResult", "ReweightedProfile", "mbar_weights", "tram_weights",
-           "reweighted_fes", "run_labels"]
+           "reweighted_fes", "run_labels", "LatentMetadynamics"]
 
 
 def __getattr__(name: str) -> Any:

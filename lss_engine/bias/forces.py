@@ -308,7 +308,7 @@ def latent_bias_force(
     *,
     restraint: HarmonicRestraint | None = None,
     walls: FlatBottomWalls | str | None = None,
-    gaussians: GaussianSum | None = None,
+    gaussians: GaussianSum | str | None = None,
     terms: Sequence[LatentTerm] = (),
     dim: int | None = None,
     featurizer: Any = None,
@@ -334,7 +334,9 @@ def latent_bias_force(
         (:func:`latent_training_range`) widened by 10 % on each side, at the
         default stiffness.
     gaussians
-        A :class:`~lss_engine.bias.potentials.GaussianSum`.
+        A :class:`~lss_engine.bias.potentials.GaussianSum`, or ``"empty"``:
+        one with no hills yet, for hills added in place during the run
+        (:class:`~lss_engine.bias.metadynamics.LatentMetadynamics`).
     terms
         Further :class:`~lss_engine.bias.potentials.LatentTerm` objects.
     dim
@@ -394,6 +396,8 @@ def latent_bias_force(
         if not isinstance(walls, FlatBottomWalls):
             raise LssError(f"walls must be a FlatBottomWalls, 'auto' or None, got {type(walls).__name__}")
         all_terms.append(walls)
+    if isinstance(gaussians, str) and gaussians == "empty":  # hills deposited during the run (LatentMetadynamics)
+        gaussians = GaussianSum.empty(d)
     if gaussians is not None:
         if not isinstance(gaussians, GaussianSum):
             raise LssError(f"gaussians must be a GaussianSum, got {type(gaussians).__name__}")
