@@ -734,9 +734,6 @@ def reweight_stores(bias_stores: Sequence[str | os.PathLike], out: str | os.Path
     for rec in records:
         if len(rec.latent) == 0:
             raise LssError(f"{rec.path} holds no frames")
-        if len(rec.parameters) and not (rec.parameters == rec.parameters[0]).all():
-            raise LssError(f"{rec.path}: the bias parameters change during the run; reweighting needs one fixed "
-                           "bias per run (split the run where they change)")
     dims = {rec.latent.shape[1] for rec in records}
     if len(dims) != 1:
         raise LssError(f"the runs record latent spaces of different dimensions {sorted(dims)}")
@@ -750,7 +747,7 @@ def reweight_stores(bias_stores: Sequence[str | os.PathLike], out: str | os.Path
         temperature = temps.pop()
     kT = float(temperature) * unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
     latent = np.concatenate([rec.latent.astype(np.float64) for rec in records])
-    bias_kn = np.stack([rec.bias_energy_of(latent) for rec in records])
+    bias_kn = np.stack([rec.bias_energy_of(latent) for rec in records])  # refuses a run whose bias changed
     offsets = np.cumsum([0] + [len(rec.latent) for rec in records])
     for k, rec in enumerate(records):
         own, recorded = bias_kn[k, offsets[k]:offsets[k + 1]], rec.bias_energy.astype(np.float64)

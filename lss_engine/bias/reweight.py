@@ -105,13 +105,11 @@ _RESAMPLE = ("runs", "blocks")
 
 
 def _logsumexp(a: np.ndarray, axis: int | None = None) -> np.ndarray:
-    r""":math:`\ln \sum e^{a}` along ``axis`` without overflow (-inf where every term is -inf)."""
-    a = np.asarray(a, dtype=float)
-    m = np.max(a, axis=axis, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
+    r""":math:`\ln \sum e^{a}` along ``axis`` without overflow (scipy's; -inf where every term is -inf)."""
+    from scipy.special import logsumexp
+
     with np.errstate(divide="ignore"):
-        out = np.log(np.sum(np.exp(a - m), axis=axis, keepdims=True)) + m
-    return np.squeeze(out, axis=axis) if axis is not None else out.reshape(())
+        return np.asarray(logsumexp(np.asarray(a, dtype=float), axis=axis))
 
 
 # ------------------------------------------------------------------------ result

@@ -118,6 +118,10 @@ def _simulation(spec: dict, platform: str, warm: bool, bias: dict | None = None)
         test_system.system.addForce(force)
     simulation = test_system.make_simulation(platform=platform, minimize=False)
     if warm:
+        if bias is not None:  # one biased Context per system: an earlier round's model or hills are not used again
+            stale = f"{system_key(spec)}:{platform}:bias:"
+            for old in [k for k in _WARM if k.startswith(stale)]:
+                del _WARM[old]
         _WARM[key] = (test_system, simulation, handle)
     return test_system, simulation, handle, False
 
