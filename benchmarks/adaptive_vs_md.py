@@ -38,6 +38,7 @@ import numpy as np
 WELLS = np.array([(2.03, -1.02), (0.51, 2.06), (-0.51, -2.06), (-2.03, 1.02)])
 RADIUS = 0.6
 DIM, CELLS, DIVERSITY = 3, 100, "farthest"  # set from the command line
+EXPLORE = {"walkers": 0, "mode": "flood", "height": 2.0}  # biased explorers among the walkers (--explorers)
 
 
 def visits(xy: np.ndarray) -> np.ndarray:
@@ -98,6 +99,10 @@ dream_walkers = 4
 candidates = 300
 [stop]
 max_rounds = {rounds}
+[explore]
+walkers = {explorers}
+mode = "{mode}"
+height = {height}
 """
 
 
@@ -119,6 +124,11 @@ def discovery(campaign, walkers: int, steps: int, report: int, first: np.ndarray
     return first
 
 
+def label(ranker: str) -> str:
+    """The method's name in the table and its folder: the ranker, plus its explorers if any."""
+    return f"{ranker}+{EXPLORE['walkers']}{EXPLORE['mode']}" if EXPLORE["walkers"] else ranker
+
+
 def adaptive(ranker: str, seed: int, walkers: int, steps: int, report: int, cap_rounds: int, workdir: Path,
              executor) -> tuple[int, int]:
     """(total steps until all four wells are visited, rounds run); a finished run in ``workdir`` is reused."""
@@ -126,10 +136,11 @@ def adaptive(ranker: str, seed: int, walkers: int, steps: int, report: int, cap_
     from lss_engine.campaign.driver import Campaign, init_campaign
     import tomllib
 
-    directory = workdir / ranker / f"seed{seed}"
+    directory = workdir / label(ranker) / f"seed{seed}"
     text = CONFIG.format(seed=seed, walkers=walkers, steps=steps, report=report, rounds=cap_rounds, ranker=ranker,
                          ensemble=3 if ranker == "uncertainty" else 1, dim=DIM, cells=CELLS,
-                         diversity=DIVERSITY)
+                         diversity=DIVERSITY, explorers=EXPLORE["walkers"], mode=EXPLORE["mode"],
+                         height=EXPLORE["height"])
     config = CampaignConfig.from_mapping(tomllib.loads(text))
     if (directory / "campaign.json").exists():
         campaign = Campaign(directory)
@@ -221,9 +232,14 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=3, help="SRV latent dimensions")
     parser.add_argument("--cells", type=int, default=100, help="latent cells of the rankers")
     parser.add_argument("--diversity", default="farthest", help="batch choice: farthest or none")
+    parser.add_argument("--explorers", type=int, default=0,
+                        help="biased explorers among each round's walkers (lss_engine.bias; their MD counts)")
+    parser.add_argument("--mode", default="flood", help="explorers: flood or push")
+    parser.add_argument("--height", type=float, default=2.0, help="flood explorers: kJ/mol per ln(1 + N_c)")
     args = parser.parse_args()
     global DIM, CELLS, DIVERSITY
     DIM, CELLS, DIVERSITY = args.dim, args.cells, args.diversity
+    EXPLORE.update(walkers=args.explorers, mode=args.mode, height=args.height)
 
     from lss_engine.campaign.executors import ProcessPoolExecutor
 
@@ -242,13 +258,14 @@ def main() -> None:
     with ProcessPoolExecutor(args.workers) as pool:
         for ranker in args.rankers.split(","):
             t0 = time.perf_counter()
-            results[ranker], rounds[ranker] = [], []
+            name = label(ranker)
+            results[name], rounds[name] = [], []
             for seed in range(args.seeds):
                 steps, n = adaptive(ranker, seed, args.walkers, args.steps, args.report, args.cap_rounds, workdir,
                                     pool)
-                results[ranker].append(steps)
-                rounds[ranker].append(n)
-            print(f"{ranker} done in {time.perf_counter() - t0:.0f} s: {results[ranker]}", flush=True)
+                results[name].append(steps)
+                rounds[name].append(n)
+            print(f"{name} done in {time.perf_counter() - t0:.0f} s: {results[name]}", flush=True)
             table(results, rounds, args, cap)
     if not args.skip_throughput:
         throughput(workdir)

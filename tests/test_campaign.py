@@ -116,6 +116,21 @@ def test_a_bad_system_fails_at_init_before_any_md(tmp_path, capsys):
     assert not (tmp_path / "c" / "campaign.json").exists()
 
 
+def test_builtin_system_takes_the_top_level_integrator_settings(tmp_path):
+    """``[system] temperature = ...`` beside a built-in ``name`` is used, not silently dropped for 300 K;
+    the same key given twice with different values is a one-line error before any file is written."""
+    path = tmp_path / "c.toml"
+    path.write_text("[system]\nname='four-state'\ntemperature=400\n")
+    campaign = Campaign(init_campaign(tmp_path / "c", str(path)))
+    assert campaign.resolved["temperature_K"] == 400
+    assert campaign.resolved["system"]["parameters"]["temperature"] == 400
+    path.write_text("[system]\nname='four-state'\ntemperature=400\n[system.parameters]\ntemperature=350\n")
+    assert main(["campaign", "init", str(tmp_path / "d"), "--config", str(path)]) == 1
+    with pytest.raises(LssError, match="disagree"):
+        init_campaign(tmp_path / "e", str(path))
+    assert not (tmp_path / "e" / "campaign.json").exists()
+
+
 def test_event_log_drops_a_torn_tail_and_refuses_damage(tmp_path):
     """A torn last line (a kill mid-append) was never acknowledged: dropped.  Any other bad line is damage."""
     log = EventLog(tmp_path / "events.jsonl")

@@ -6,10 +6,9 @@ Example ``campaign.toml``::
 
     [system]                 # a built-in system ...
     name = "alanine-dipeptide"
-    [system.parameters]
-    temperature = 300
+    temperature = 300        # K (also timestep, ps, and friction, 1/ps); for a built-in these may
+                             # instead go in [system.parameters] with its other options
     # ... or a user's system:  xml = "system.xml"  pdb = "start.pdb"  state = "state.xml"
-    #                          temperature = 300   timestep = 0.002    friction = 1.0
 
     [md]
     walkers = 4              # per round
@@ -102,9 +101,9 @@ class SystemConfig:
     xml: str | None = None
     pdb: str | None = None
     state: str | None = None
-    temperature: float = 300.0
-    timestep: float = 0.002
-    friction: float = 1.0
+    temperature: float | None = None  # K; None: the built-in's default, or 300 for a System XML
+    timestep: float | None = None  # ps; None: the built-in's default, or 0.002
+    friction: float | None = None  # 1/ps; None: the built-in's default, or 1.0
     platform: str = "auto"
     minimize: bool = True  # minimise the starting structure once at init (restarts are never minimised)
 
@@ -115,8 +114,13 @@ class SystemConfig:
             raise LssError(f"[{where}] xml needs pdb (the topology and starting positions)")
         if not isinstance(self.parameters, dict):
             raise LssError(f"{where}.parameters must be a table")
-        for key in ("temperature", "timestep", "friction"):
-            positive_float(getattr(self, key), f"{where}.{key}")
+        for key, value in self.integrator_settings().items():
+            positive_float(value, f"{where}.{key}")
+
+    def integrator_settings(self) -> dict:
+        """The integrator settings given at the top of ``[system]`` (temperature, timestep, friction)."""
+        return {key: getattr(self, key) for key in ("temperature", "timestep", "friction")
+                if getattr(self, key) is not None}
 
 
 @dataclass

@@ -150,12 +150,17 @@ def init_campaign(directory: str | os.PathLike, config: str | os.PathLike | Camp
         raise LssError(f"{directory} exists and is not empty")
     s = cfg.system
     if s.name is not None:
-        test_system = get_system(s.name, **s.parameters)
+        parameters = dict(s.parameters)
+        for key, value in s.integrator_settings().items():
+            if key in parameters and float(parameters[key]) != float(value):
+                raise LssError(f"[system] {key} = {value:g} and [system.parameters] {key} = {parameters[key]:g} "
+                               f"disagree: give it once")
+            parameters[key] = value
+        test_system = get_system(s.name, **parameters)
     else:
         from ..systems import from_xml
 
-        test_system = from_xml(s.xml, s.pdb, state_xml=s.state, temperature=s.temperature, timestep=s.timestep,
-                               friction=s.friction)
+        test_system = from_xml(s.xml, s.pdb, state_xml=s.state, **s.integrator_settings())
     spec = system_spec(test_system)
     build_system(spec)  # the workers will rebuild it from the spec: check that works
     dt = test_system.timestep.value_in_unit(openmm.unit.picosecond)
