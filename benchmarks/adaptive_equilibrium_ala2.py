@@ -131,7 +131,8 @@ def estimate(directory: Path, quartet: np.ndarray, clusters: int, seed: int) -> 
             return float("nan")
 
     pops = est.populations({"C7eq": eq, "C7ax": ax})
-    return {"fes": fes, "raw_counts": raw, "populations": pops, "mfpt_ns": {"C7eq->C7ax": mfpt(eq, ax), "C7ax->C7eq": mfpt(ax, eq)},
+    return {"fes": fes, "raw_counts": raw, "populations": pops,
+            "mfpt_ns": {"C7eq->C7ax": mfpt(eq, ax), "C7ax->C7eq": mfpt(ax, eq)},
             "md_ns": state.md_steps() * campaign.resolved["timestep_ps"] / 1000.0, "rounds": len(state.models),
             "method": est.method}
 
@@ -174,7 +175,8 @@ def main() -> None:
                        "fes_rmse_kT": float(fes_rmse(result["fes"], ref_fes, populated)),
                        "bins_compared": int(populated.sum()),
                        "mfpt_ns": result["mfpt_ns"],
-                       "mfpt_log_error": {k: float(abs(np.log(v / ref_mfpt[k]))) if v and np.isfinite(v) else float("inf")
+                       "mfpt_log_error": {k: float(abs(np.log(v / ref_mfpt[k])))
+                                          if v and np.isfinite(v) else float("inf")
                                           for k, v in result["mfpt_ns"].items()},
                        "method": result["method"]}
                 p = result["populations"]

@@ -263,18 +263,17 @@ def _build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------
 def _simulate_system(args: argparse.Namespace):
     """The system of ``lss simulate``: ``--system`` NAME or ``--system-xml`` + ``--pdb`` (+ ``--state-xml``)."""
-    from .systems import from_xml, get_system
+    from .systems import make_system
 
-    settings = {key: value for key, value in (("temperature", args.temperature), ("timestep", args.timestep),
-                                              ("friction", args.friction)) if value is not None}
     if args.system_xml is None:
         given = [flag for flag, value in (("--pdb", args.pdb), ("--state-xml", args.state_xml)) if value is not None]
         if given:
             raise LssError(f"{' and '.join(given)} {'go' if len(given) > 1 else 'goes'} with --system-xml")
-        return get_system(args.system or "alanine-dipeptide", **settings)
-    if args.pdb is None:
+    elif args.pdb is None:
         raise LssError("--system-xml needs --pdb (the topology)")
-    return from_xml(args.system_xml, args.pdb, state_xml=args.state_xml, **settings)
+    return make_system(args.system or "alanine-dipeptide", xml=args.system_xml, pdb=args.pdb,
+                       state_xml=args.state_xml, temperature=args.temperature, timestep=args.timestep,
+                       friction=args.friction)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

@@ -94,6 +94,7 @@ __all__ = [
     "four_state",
     "four_well",
     "from_xml",
+    "make_system",
     "get_system",
     "list_systems",
     "system_key",
@@ -970,6 +971,27 @@ def _xml_platform(platform: str | None, n_particles: int) -> str:
     if platform is None or str(platform).lower() == "auto":
         return "Reference" if n_particles < REFERENCE_PLATFORM_MAX_PARTICLES else "CPU"
     return choose_platform(platform).getName()
+
+
+def make_system(name: str | None = None, parameters: dict | None = None, *, xml: str | os.PathLike | None = None,
+                pdb: str | os.PathLike | None = None, state_xml: str | os.PathLike | None = None,
+                **settings: Any) -> TestSystem:
+    """A built-in system (``name`` + its ``parameters``) or a user's (``xml`` + ``pdb``), with integrator settings.
+
+    ``settings`` (``temperature``, ``timestep``, ``friction``; ``None`` values
+    are ignored) apply to either kind; for a built-in they join its
+    ``parameters``, and a key given in both with different values is an error.
+    """
+    settings = {key: value for key, value in settings.items() if value is not None}
+    if xml is not None:
+        return from_xml(xml, pdb, state_xml=state_xml, **settings)
+    merged = dict(parameters or {})
+    for key, value in settings.items():
+        if key in merged and float(merged[key]) != float(value):
+            raise LssError(f"[system] {key} = {value:g} and [system.parameters] {key} = {merged[key]:g} "
+                           f"disagree: give it once")
+        merged[key] = value
+    return get_system(name, **merged)
 
 
 def from_xml(system_xml: str | os.PathLike, pdb: str | os.PathLike, *, state_xml: str | os.PathLike | None = None,

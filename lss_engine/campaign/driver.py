@@ -140,7 +140,7 @@ def init_campaign(directory: str | os.PathLike, config: str | os.PathLike | Camp
     from ..features import build_featurizer
     from ..md import default_features, to_steps
     from ..provenance import provenance
-    from ..systems import build_system, get_system, system_spec
+    from ..systems import build_system, make_system, system_spec
 
     cfg = config if isinstance(config, CampaignConfig) else load_config(config)
     directory = Path(directory).resolve()
@@ -149,18 +149,8 @@ def init_campaign(directory: str | os.PathLike, config: str | os.PathLike | Camp
     if directory.exists() and any(directory.iterdir()):
         raise LssError(f"{directory} exists and is not empty")
     s = cfg.system
-    if s.name is not None:
-        parameters = dict(s.parameters)
-        for key, value in s.integrator_settings().items():
-            if key in parameters and float(parameters[key]) != float(value):
-                raise LssError(f"[system] {key} = {value:g} and [system.parameters] {key} = {parameters[key]:g} "
-                               f"disagree: give it once")
-            parameters[key] = value
-        test_system = get_system(s.name, **parameters)
-    else:
-        from ..systems import from_xml
-
-        test_system = from_xml(s.xml, s.pdb, state_xml=s.state, **s.integrator_settings())
+    test_system = make_system(s.name, s.parameters, xml=s.xml, pdb=s.pdb, state_xml=s.state,
+                              **s.integrator_settings())
     spec = system_spec(test_system)
     build_system(spec)  # the workers will rebuild it from the spec: check that works
     dt = test_system.timestep.value_in_unit(openmm.unit.picosecond)
