@@ -73,7 +73,7 @@ import numpy as np
 import openmm
 from openmm import app, unit
 
-from ._helpers import canonical_json, first_line, jsonable, positive_float
+from ._helpers import canonical_json, first_line, jsonable, positive_float, positive_int
 from .errors import LssError
 from .units import parse_time_ps
 
@@ -179,7 +179,8 @@ class TestSystem:
         default=None, repr=False, compare=False)
     velocities: unit.Quantity | None = field(default=None, repr=False, compare=False)
 
-    def make_integrator(self, seed: int | None = None) -> openmm.Integrator:
+    def make_integrator(self, seed: int | None = None, *, mts: int = 1,
+                        slow_groups: Sequence[int] = ()) -> openmm.Integrator:
         """A fresh integrator for this system.
 
         Parameters
@@ -187,6 +188,14 @@ class TestSystem:
         seed
             Passed to ``setRandomNumberSeed``; ``None`` keeps OpenMM's default
             (0: a new seed each time).  OpenMM also treats 0 as "random".
+        mts, slow_groups
+            ``mts > 1``: a multiple-time-step ``MTSLangevinIntegrator`` (same
+            temperature and friction; r-RESPA splitting) whose outer step is
+            ``mts`` × :attr:`timestep`.  The force groups ``slow_groups`` are
+            evaluated once per outer step; every other force group the
+            system's forces use is evaluated ``mts`` times (every
+            :attr:`timestep`).  Langevin systems only (there is no
+            multiple-time-step Brownian integrator).
 
         Notes
         -----
@@ -194,7 +203,16 @@ class TestSystem:
         stream: a seeded run is reproducible when simulations in the same
         process are not stepped interleaved.
         """
-        if self.integrator == "brownian":
+        mts = positive_int(mts, "mts")
+        if mts > 1:
+            if self.integrator == "brownian":
+                raise LssError(f"mts = {mts} needs a Langevin system; {self.name} uses a Brownian integrator "
+                               f"(there is no multiple-time-step Brownian integrator)")
+            slow = sorted({int(g) for g in slow_groups})
+            fast = sorted({f.getForceGroup() for f in self.system.getForces()} - set(slow))
+            integrator = openmm.MTSLangevinIntegrator(self.temperature, self.friction, mts * self.timestep,
+                                                      [(g, mts) for g in fast] + [(g, 1) for g in slow])
+        elif self.integrator == "brownian":
             integrator = openmm.BrownianIntegrator(self.temperature, self.friction, self.timestep)
         else:
             integrator = openmm.LangevinMiddleIntegrator(self.temperature, self.friction,
@@ -204,7 +222,7 @@ class TestSystem:
         return integrator
 
     def make_simulation(self, platform: str = "auto", seed: int | None = None,
-                        minimize: bool = True) -> app.Simulation:
+                        minimize: bool = True, *, mts: int = 1, slow_groups: Sequence[int] = ()) -> app.Simulation:
         """An ``openmm.app.Simulation`` ready to ``step``.
 
         Sets the positions, minimises the energy if ``minimize`` (toys start
@@ -225,8 +243,11 @@ class TestSystem:
             Integrator and velocity seed; ``None`` for random.
         minimize
             Run ``Simulation.minimizeEnergy()`` first.
+        mts, slow_groups
+            A multiple-time-step integrator (see :meth:`make_integrator`).
         """
-        simulation = app.Simulation(self.topology, self.system, self.make_integrator(seed),
+        simulation = app.Simulation(self.topology, self.system,
+                                    self.make_integrator(seed, mts=mts, slow_groups=slow_groups),
                                     choose_platform(platform, self))
         simulation.context.setPositions(self.positions)
         if minimize:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -97,11 +98,15 @@ def reference(tmp_path_factory):
     ("[system]\nname='four-state'\n[md]\nwalkers=2\n[explore]\nwalkers=3\n", "must not exceed md.walkers"),
     ("[system]\nname='four-state'\n[ranker]\nname='continue'\n[explore]\nwalkers=1\n", "needs a ranker"),
     ("[system]\nname='four-state'\n[explore]\nkappa=-1\n", "explore.kappa"),
+    ("[system]\nname='four-state'\n[explore]\nmts=0\n", "explore.mts must be a positive integer"),
+    ("[system]\nname='four-state'\n[explore]\nmts=1.5\n", "explore.mts must be a positive integer"),
+    ("[system]\nname='four-state'\n[md]\nreport_interval=10\n[explore]\nmts=4\n",
+     "md.report_interval (10 steps) must be a multiple of explore.mts (4)"),
 ])
 def test_bad_configs_are_one_line_errors(tmp_path, capsys, bad, message):
     path = tmp_path / "bad.toml"
     path.write_text(bad)
-    with pytest.raises(LssError, match=message.replace("[", r"\[").replace(".", r"\.")):
+    with pytest.raises(LssError, match=re.escape(message)):
         load_config(path)
     assert main(["campaign", "init", str(tmp_path / "c"), "--config", str(path)]) == 1
     err = capsys.readouterr().err.strip()
@@ -523,3 +528,142 @@ def test_flooding_explorers_record_the_gaussian_bias_of_their_round(tmp_path):
                                atol=1e-5)
     assert len(hills["heights"]) == 10 and min(hills["heights"]) >= 0.5 * np.log(2)  # every cell holds a frame
     assert state.models[1]["n_frames"] == sum(x["frames"] for x in state.unbiased(1))
+
+
+# --- multiple-time-step explorers ([explore] mts) -------------------------------
+@pytest.mark.parametrize("system, md, message", [
+    ("four-state", "report_interval = '0.05ps'",  # dt = 0.01 ps: 5 steps
+     "md.report_interval (5 steps) must be a multiple of explore.mts (2)"),
+    ("four-well", "report_interval = 10", "explore.mts = 2 needs a Langevin system; four-well uses a Brownian"),
+])
+def test_mts_that_cannot_work_fails_at_init_in_one_line(tmp_path, capsys, system, md, message):
+    """A report interval given as a time resolves to steps at init only, and only init builds the system (its
+    integrator): both checks are one-line errors there, before any MD."""
+    path = tmp_path / "c.toml"
+    path.write_text(f"[system]\nname = '{system}'\n[md]\nsteps = 100\n{md}\n[explore]\nmts = 2\n")
+    load_config(path)  # nothing to object to before the system is built
+    with pytest.raises(LssError, match=re.escape(message)):
+        init_campaign(tmp_path / "a", str(path))
+    assert main(["campaign", "init", str(tmp_path / "c"), "--config", str(path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and "explore.mts" in err
+    assert not (tmp_path / "c" / "campaign.json").exists()
+
+
+@pytest.fixture(scope="module")
+def ala2_encoder_dir(ala2_store, tmp_path_factory):
+    """A small SRV (2 coordinates) on the 200-frame alanine dipeptide store of conftest (about a second)."""
+    from lss_engine.pipeline import train_encoder
+    from lss_engine.settings import EncoderSettings
+
+    out = tmp_path_factory.mktemp("ala2_srv") / "model"
+    train_encoder([ala2_store], EncoderSettings(kind="srv", lag=2, dim=2, hidden=(16,), epochs=2, restarts=1,
+                                                batch_size=64, progress=False), out, analyze=False)
+    return out
+
+
+def ala2_task(ala2_system, tmp_path, **extra) -> dict:
+    """A walker task of the 450 K alanine dipeptide from its minimised start (Reference platform)."""
+    import openmm
+
+    from lss_engine.features import build_featurizer
+    from lss_engine.systems import system_spec
+
+    start = tmp_path / "start.xml"
+    if not start.exists():
+        sim = ala2_system.make_simulation(platform="Reference", seed=3)
+        start.write_text(openmm.XmlSerializer.serialize(sim.context.getState(getPositions=True)))
+    return {"system": system_spec(ala2_system), "platform": "Reference",
+            "seed_frame": {"kind": "state", "path": str(start)}, "velocity_seed": 5, "keep_velocities": False,
+            "steps": 200, "report_interval": 20, "restart_interval": 40,
+            "featurizer": build_featurizer("backbone-torsions", ala2_system.topology).spec(), "atoms": "heavy",
+            "flush_interval": 4, "warm": True, **extra}
+
+
+def test_an_mts_explorer_evaluates_its_bias_once_per_outer_step_and_keeps_frame_times(ala2_system,
+                                                                                       ala2_encoder_dir, tmp_path):
+    """``bias["mts"] = 4`` on alanine dipeptide (2 fs): the walker's integrator is an ``MTSLangevinIntegrator``
+    with an 8 fs outer step whose program half-kicks with the bias group (30) twice per outer step at the outer
+    step (``dt/1``: one evaluation per outer step; OpenMM reuses the forces of unchanged positions) and with the
+    system's group 0 eight times at ``dt/4`` (evaluated every 2 fs).  The task's 200 steps, 20-step reports and
+    40-step restarts are time steps: md.zarr, restarts.zarr and bias.zarr hold frames at the same times (ps) as an
+    unbiased walker's stores of the same task (rtol 1e-12: OpenMM sums 50 outer steps of 8 fs there and 200 steps
+    of 2 fs here, which differ by float64 rounding only), and done.json counts 200 steps."""
+    from collections import Counter
+
+    import openmm
+
+    from lss_engine.campaign.walker import _WARM, run_walker, warm_cache_clear
+    from lss_engine.store import TrajectoryStore
+
+    warm_cache_clear()
+    try:
+        bias = {"model": str(ala2_encoder_dir), "centre": [0.0, 0.0], "kappa": [1.0, 1.0], "backend": "auto",
+                "mts": 4}
+        plain = run_walker(ala2_task(ala2_system, tmp_path, out=str(tmp_path / "plain")))
+        explorer = run_walker(ala2_task(ala2_system, tmp_path, out=str(tmp_path / "explorer"), bias=bias))
+        assert plain["steps"] == explorer["steps"] == 200 and explorer["mts"] == 4 and "mts" not in plain
+        assert plain["frames"] == explorer["frames"] == 10 and plain["restart_frames"] == explorer["restart_frames"] == 5
+        for name in ("md.zarr", "restarts.zarr"):
+            ours, theirs = TrajectoryStore(f"{explorer['folder']}/{name}"), TrajectoryStore(f"{plain['folder']}/{name}")
+            np.testing.assert_allclose(ours.times(), theirs.times(), rtol=1e-12)
+            assert ours.frame_interval_ps == pytest.approx(theirs.frame_interval_ps, rel=1e-12)
+        np.testing.assert_allclose(TrajectoryStore(f"{explorer['folder']}/bias.zarr").times(),
+                                   TrajectoryStore(f"{plain['folder']}/md.zarr").times(), rtol=1e-12)
+        np.testing.assert_allclose(TrajectoryStore(f"{plain['folder']}/md.zarr").times(), 0.04 * np.arange(1, 11),
+                                   rtol=1e-12)
+        (key,) = [k for k in _WARM if ":bias:" in k]
+        assert key.endswith(":mts4")
+        _, simulation, handle = _WARM[key]
+        integrator = simulation.integrator
+        assert isinstance(integrator, openmm.MTSLangevinIntegrator) and handle.force_group == 30
+        assert integrator.getStepSize().value_in_unit(openmm.unit.picosecond) == pytest.approx(0.008)
+        program = [integrator.getComputationStep(i)[2] for i in range(integrator.getNumComputations())]
+        kicks = Counter((int(n), int(g)) for e in program for n, g in re.findall(r"\(dt/(\d+)\)\*f(\d+)/m", e))
+        assert kicks == {(1, 30): 2, (4, 0): 8}
+    finally:
+        warm_cache_clear()
+
+
+def test_an_mts_bias_needs_a_force_group_of_its_own(ala2_system, ala2_encoder_dir, tmp_path):
+    """A user's system with a force already in the bias's group 30 cannot split the bias from it: one-line error."""
+    import openmm
+    from openmm import app
+
+    from lss_engine.campaign.walker import _simulation
+    from lss_engine.systems import from_xml, system_spec
+
+    system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(ala2_system.system))
+    system.getForce(0).setForceGroup(30)
+    (tmp_path / "s.xml").write_text(openmm.XmlSerializer.serialize(system))
+    with open(tmp_path / "s.pdb", "w") as f:
+        app.PDBFile.writeFile(ala2_system.topology, ala2_system.positions, f)
+    spec = system_spec(from_xml(tmp_path / "s.xml", tmp_path / "s.pdb"))
+    bias = {"model": str(ala2_encoder_dir), "centre": [0.0, 0.0], "kappa": [1.0, 1.0], "mts": 2}
+    with pytest.raises(LssError, match="force group 30 holds forces of the system") as err:
+        _simulation(spec, "Reference", False, bias)
+    assert len(str(err.value).splitlines()) == 1
+    _simulation(spec, "Reference", False, {**bias, "mts": 1})  # every step: nothing to split
+
+
+def test_a_flooding_campaign_with_mts_explorers_counts_time_steps(tmp_path):
+    """``[explore] mts = 2`` on the four-state toy (Langevin, 0.01 ps): the round-1 explorer's bias (in the log)
+    says ``mts = 2`` and its walker ran 500 outer steps of 0.02 ps, recorded as the task's 1000 steps, so the MD
+    budget counts every walker's 1000 steps (8000 in two rounds) and its 100 frames are 0.1 ps apart like the
+    unbiased walkers' (rtol 1e-12: float64 rounding of the summed steps)."""
+    from lss_engine.campaign.walker import read_done
+    from lss_engine.store import TrajectoryStore
+
+    extra = "\n[explore]\nwalkers = 1\nmode = \"flood\"\nheight = 0.5\nmts = 2\n"
+    campaign = Campaign(init_campaign(tmp_path / "c", write_config(tmp_path, rounds=2, extra=extra)))
+    with ProcessPoolExecutor(2) as pool:
+        campaign.run(executor=pool, progress=False)
+    state = campaign.state
+    assert [s.get("bias", {}).get("mts") for s in state.seeds[1]["seeds"]] == [2, None, None, None]
+    explorer, plain = state.walkers[(1, 0)].committed, state.walkers[(1, 1)].committed
+    assert explorer["bias"]["mts"] == 2 and read_done(campaign.dir / explorer["folder"])["mts"] == 2
+    assert [c["steps"] for c in state.committed()] == [1000] * 8 and state.md_steps() == 8000
+    ours, theirs = (TrajectoryStore(campaign.dir / c["folder"] / "md.zarr") for c in (explorer, plain))
+    assert ours.timestep_ps == pytest.approx(0.02) and theirs.timestep_ps == pytest.approx(0.01)
+    np.testing.assert_allclose(ours.times(), theirs.times(), rtol=1e-12)
+    assert ours.n_frames == 100 and explorer["restart_frames"] == plain["restart_frames"] == 50

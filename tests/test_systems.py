@@ -242,6 +242,29 @@ def test_langevin_option_for_brownian_toy():
     assert systems.get_system("four-well").timestep.value_in_unit(unit.picosecond) == 1e-3
 
 
+def test_mts_integrator_splits_the_slow_groups_from_the_systems_own():
+    """``mts = 3``: an ``MTSLangevinIntegrator`` of outer step 3 dt at the system's temperature; every group the
+    system's forces use (here 0 and 5) is half-kicked at dt/3, the slow group 30 at the outer step; Brownian
+    systems have no such integrator (one-line LssError)."""
+    import re
+
+    ts = systems.get_system("four-state")
+    ts.system.addForce(openmm.CustomExternalForce("0"))
+    ts.system.getForce(ts.system.getNumForces() - 1).setForceGroup(5)
+    integrator = ts.make_integrator(1, mts=3, slow_groups=[30])
+    assert isinstance(integrator, openmm.MTSLangevinIntegrator)
+    assert integrator.getStepSize().value_in_unit(unit.picosecond) == pytest.approx(0.03)
+    assert integrator.getGlobalVariableByName("kT") == pytest.approx(
+        (unit.MOLAR_GAS_CONSTANT_R * ts.temperature).value_in_unit(unit.kilojoule_per_mole))
+    program = " ".join(integrator.getComputationStep(i)[2] for i in range(integrator.getNumComputations()))
+    assert sorted(set(re.findall(r"dt/(\d+)\)\*f(\d+)", program))) == [("1", "30"), ("3", "0"), ("3", "5")]
+    assert isinstance(ts.make_integrator(1, mts=1, slow_groups=[30]), openmm.LangevinMiddleIntegrator)
+    with pytest.raises(LssError, match="needs a Langevin system; four-well uses a Brownian integrator"):
+        systems.get_system("four-well").make_integrator(mts=2)
+    with pytest.raises(LssError, match="mts must be a positive integer"):
+        ts.make_integrator(mts=0)
+
+
 def test_default_toy_temperature_gives_unit_kt():
     ts = systems.get_system("three-state-linear")
     assert ts.reduced_units["kT_kJ_per_mol"] == pytest.approx(1.0)

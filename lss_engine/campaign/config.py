@@ -33,6 +33,7 @@ Example ``campaign.toml``::
     walkers = 0              # of md.walkers per round, from round 1 (0: off)
     kappa = 50.0             # latent harmonic restraint, kJ/mol per (latent unit)^2
     reach = 1.0              # its centre: the seed moved this far outward in latent units
+    mts = 1                  # the bias once every mts MD steps (MTSLangevinIntegrator; Langevin systems)
     # mode = "flood"         # instead: Gaussians on the sampled latent cells, height * ln(1 + count) kJ/mol
 
     [stop]
@@ -59,7 +60,7 @@ from .._helpers import positive_float, positive_int
 from ..errors import LssError
 
 __all__ = ["CampaignConfig", "ClusterConfig", "ExploreConfig", "MDConfig", "ModelConfig", "RankerConfig", "StopConfig",
-           "RANKERS", "SCHEMA_VERSION", "load_config"]
+           "RANKERS", "SCHEMA_VERSION", "load_config", "mts_steps"]
 
 #: Version of the campaign directory's layout (config, event log, attempt folders).
 SCHEMA_VERSION = 1
@@ -211,6 +212,26 @@ class ExploreConfig:
     neighbour): sampled regions are filled in proportion to their log
     counts, so an explorer leaves them over their lowest saddle, in whichever
     direction that is (metadynamics deposited round by round).
+
+    ``mts`` = :math:`n`: explorers evaluate their bias once every :math:`n`
+    MD steps, with OpenMM's ``MTSLangevinIntegrator`` (the r-RESPA
+    splitting, at the system's temperature and friction).  With the
+    system's time step :math:`\Delta t`, one outer step lasts
+    :math:`n\,\Delta t`: the bias force :math:`-\nabla_x b(\psi(x))`
+    kicks the velocities once per outer step (half a kick of
+    :math:`n\,\Delta t/2` at each end), and between the kicks the system's
+    own forces move the system in :math:`n` inner substeps of
+    :math:`\Delta t` (evaluated every :math:`\Delta t`, as without a bias).
+    The encoder then costs :math:`1/n` of its every-step cost (alanine
+    dipeptide, Reference: explorers 1.8/3.3/6.1× faster for :math:`n` =
+    2/4/8, ``benchmarks/bias_overhead.py``), at the price of the splitting's
+    stability: a stiff bias may blow up at a long outer step
+    (``docs/bias.md``).  Steps, report and restart intervals stay in MD steps
+    of :math:`\Delta t` (they must be multiples of :math:`n`), so an
+    explorer's frames and its share of the MD budget are the same physical
+    time as an unbiased walker's; its stores record the outer step as their
+    time step.  Langevin systems only.  1 (the default): the bias every step,
+    with the system's own integrator.
     """
 
     walkers: int = 0
@@ -219,9 +240,11 @@ class ExploreConfig:
     reach: float = 1.0
     height: float = 2.0  # flood: kJ/mol per unit of ln(1 + cell count)
     backend: str = "auto"  # lss_engine.bias backend: auto | torch | python
+    mts: int = 1  # the bias once every mts MD steps (MTSLangevinIntegrator); 1: every step
 
     def check(self, where: str) -> None:
         _int(self.walkers, f"{where}.walkers", 0)
+        _int(self.mts, f"{where}.mts")
         if self.mode not in ("push", "flood"):
             raise LssError(f"{where}.mode must be push or flood, got {self.mode!r}")
         positive_float(self.height, f"{where}.height")
@@ -318,6 +341,10 @@ class CampaignConfig:
             raise LssError(f"explore.walkers ({explore.walkers}) must not exceed md.walkers ({built['md'].walkers})")
         if explore.walkers and built["ranker"].name == "continue":
             raise LssError("explore.walkers needs a ranker to choose their seeds (ranker.name is \"continue\")")
+        for key in ("report_interval", "steps"):  # given as times, they are checked at init (mts_steps)
+            value = getattr(built["md"], key)
+            if isinstance(value, int):
+                mts_steps(value, explore.mts, f"md.{key}")
         seed = doc.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise LssError(f"seed must be a non-negative integer, got {seed!r}")
@@ -325,6 +352,14 @@ class CampaignConfig:
 
     def to_dict(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, **asdict(self)}
+
+
+def mts_steps(steps: int, mts: int, key: str) -> int:
+    """``steps`` (MD steps of the system's time step) in outer steps of ``explore.mts``; not a multiple: an error."""
+    if steps % mts:
+        raise LssError(f"{key} ({steps} steps) must be a multiple of explore.mts ({mts}): explorers take "
+                       f"{mts} MD steps at a time")
+    return steps // mts
 
 
 def load_config(path: str | Path) -> CampaignConfig:

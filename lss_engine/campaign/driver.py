@@ -41,7 +41,7 @@ import numpy as np
 
 from .._helpers import atomic_write_bytes, atomic_write_json, derive_seed
 from ..errors import LssError
-from .config import SCHEMA_VERSION, CampaignConfig, load_config
+from .config import SCHEMA_VERSION, CampaignConfig, load_config, mts_steps
 from .events import EventLog
 from .walker import read_done, remove_folder, run_walker, tree_hash
 
@@ -161,6 +161,12 @@ def init_campaign(directory: str | os.PathLike, config: str | os.PathLike | Camp
     restart = report * cfg.md.restart_every
     if steps % restart:
         raise LssError(f"md.steps ({steps}) must be a multiple of report_interval × restart_every ({restart})")
+    mts = cfg.explore.mts
+    if mts > 1:  # explorers step mts·dt at a time (MTSLangevinIntegrator)
+        if test_system.integrator == "brownian":
+            raise LssError(f"explore.mts = {mts} needs a Langevin system; {test_system.name} uses a Brownian "
+                           f"integrator (set explore.mts = 1)")
+        mts_steps(report, mts, "md.report_interval")  # steps and the restart interval are multiples of it
     budget = None if cfg.stop.md_budget is None else to_steps(cfg.stop.md_budget, dt, "stop.md_budget", exact=False)
     names = cfg.md.features
     if isinstance(names, str) and names.strip().lower() == "auto":
@@ -551,7 +557,7 @@ class Campaign:
         heights = self.config.explore.height * np.log1p(counts)
         return {"model": str(self.model_dir(r).relative_to(self.dir)), "backend": self.config.explore.backend,
                 "gaussians": {"centres": self._raw(r, centres).tolist(), "widths": [sigma] * centres.shape[1],
-                              "heights": heights.tolist()}}
+                              "heights": heights.tolist()}, **self._mts()}
 
     def _explorer_bias(self, r: int, seed: np.ndarray, mean: np.ndarray) -> dict:
         """The restraint of an explorer seeded at campaign coordinates ``seed`` (see ``ExploreConfig``).
@@ -565,7 +571,13 @@ class Campaign:
         target = seed + ex.reach * (out / norm if norm > 0 else np.eye(len(seed))[0])
         raw = self._raw(r, target)
         return {"model": str(self.model_dir(r).relative_to(self.dir)), "centre": raw.tolist(),
-                "target": target.tolist(), "kappa": [float(ex.kappa)] * len(raw), "backend": ex.backend}
+                "target": target.tolist(), "kappa": [float(ex.kappa)] * len(raw), "backend": ex.backend,
+                **self._mts()}
+
+    def _mts(self) -> dict:
+        """``{"mts": n}`` for a bias evaluated every n > 1 steps; nothing for 1 (older logs and hashes unchanged)."""
+        mts = self.config.explore.mts
+        return {"mts": mts} if mts > 1 else {}
 
     @staticmethod
     def _ucb_history(committed: list[dict], lengths: np.ndarray, labels: np.ndarray, offsets: np.ndarray,

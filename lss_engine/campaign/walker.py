@@ -22,6 +22,16 @@ Maxwell–Boltzmann at the system's temperature with the recorded seed, unless
 the seed is a State XML with velocities and ``keep_velocities`` is set (plain
 MD continuing a walker).  Nothing is ever minimised.
 
+An explorer whose ``bias`` says ``"mts": n`` evaluates its bias once every
+n time steps (``MTSLangevinIntegrator``, see
+:class:`~lss_engine.campaign.config.ExploreConfig`): the task's ``steps``,
+``report_interval`` and ``restart_interval`` count time steps (multiples of
+n), the integrator takes them n at a time, and ``done.json`` reports
+``steps`` in time steps again (and ``"mts": n``), so the campaign's MD budget
+counts the same physical time for every walker.  Its stores record the
+outer step as their time step; frame times are the same as an unbiased
+walker's.
+
 Warm Contexts: each worker process keeps one ``Simulation`` per system
 (keyed by :func:`lss_engine.systems.system_key`), so walkers of a tiny system
 do not pay the system build and Context creation each time.  Each task reseeds
@@ -41,8 +51,9 @@ from typing import Any
 
 import numpy as np
 
-from .._helpers import atomic_write_json, canonical_json, hash_file
+from .._helpers import atomic_write_json, canonical_json, hash_file, positive_int
 from ..errors import LssError
+from .config import mts_steps
 
 __all__ = ["DONE", "read_done", "run_walker", "tree_hash", "warm_cache_clear"]
 
@@ -94,18 +105,23 @@ def _simulation(spec: dict, platform: str, warm: bool, bias: dict | None = None)
     An explorer's system carries the latent restraint of ``bias["model"]``
     (:func:`lss_engine.bias.latent_bias_force`); its centre and stiffness are
     global parameters, so a warm biased Context serves every explorer of
-    that model.
+    that model.  ``bias["mts"]`` = n > 1: the integrator is an
+    ``MTSLangevinIntegrator`` with an outer step of n time steps, the bias
+    force's group evaluated once per outer step and every group of the
+    system's own forces n times (:meth:`~lss_engine.systems.TestSystem.make_integrator`).
     """
     from ..systems import build_system, system_key
 
+    mts = _mts(bias)
     key = f"{system_key(spec)}:{platform}"
     if bias is not None:  # a restraint's centre and stiffness are parameters; Gaussians are part of the force
         hills = hashlib.sha256(canonical_json(bias.get("gaussians")).encode()).hexdigest()
-        key += f":bias:{bias['model']}:{bias.get('backend', 'auto')}:{hills}"
+        key += f":bias:{bias['model']}:{bias.get('backend', 'auto')}:{hills}:mts{mts}"
     if warm and key in _WARM:
         return (*_WARM[key], True)
     test_system = build_system(spec)
     handle = None
+    slow: tuple[int, ...] = ()
     if bias is not None:
         from ..bias import GaussianSum, HarmonicRestraint, latent_bias_force
 
@@ -115,8 +131,13 @@ def _simulation(spec: dict, platform: str, warm: bool, bias: dict | None = None)
             bias["model"], restraint=restraint,
             gaussians=None if hills is None else GaussianSum(hills["centres"], hills["widths"], hills["heights"]),
             periodic=test_system.system.usesPeriodicBoundaryConditions(), backend=bias.get("backend", "auto"))
+        own = {f.getForceGroup() for f in test_system.system.getForces()}
+        if mts > 1 and handle.force_group in own:
+            raise LssError(f"force group {handle.force_group} holds forces of the system {test_system.name}: the "
+                           f"latent bias needs a group of its own to be evaluated every {mts} steps")
         test_system.system.addForce(force)
-    simulation = test_system.make_simulation(platform=platform, minimize=False)
+        slow = (handle.force_group,)
+    simulation = test_system.make_simulation(platform=platform, minimize=False, mts=mts, slow_groups=slow)
     if warm:
         if bias is not None:  # one biased Context per system: an earlier round's model or hills are not used again
             stale = f"{system_key(spec)}:{platform}:bias:"
@@ -124,6 +145,11 @@ def _simulation(spec: dict, platform: str, warm: bool, bias: dict | None = None)
                 del _WARM[old]
         _WARM[key] = (test_system, simulation, handle)
     return test_system, simulation, handle, False
+
+
+def _mts(bias: dict | None) -> int:
+    """MD steps per bias evaluation of an explorer's ``bias`` (1: every step, and for unbiased walkers)."""
+    return 1 if bias is None else positive_int(bias.get("mts", 1), "bias mts")
 
 
 def _seed_state(seed: dict) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
@@ -202,8 +228,9 @@ def run_walker(task: dict) -> dict:
     ``featurizer`` (a feature spec), ``atoms``, ``flush_interval``, ``warm``;
     optional ``bias`` (an explorer: ``{"model", "backend"}`` and either
     ``"centre", "kappa"`` (a latent restraint) or ``"gaussians": {"centres",
-    "widths", "heights"}``, in the model's own coordinates) and ``fault`` (tests
-    only, see :func:`_inject_fault`).
+    "widths", "heights"}``, in the model's own coordinates; ``"mts": n``: the
+    bias once every n time steps) and ``fault`` (tests only, see
+    :func:`_inject_fault`).
     """
     import openmm
     from openmm import unit
@@ -215,10 +242,14 @@ def run_walker(task: dict) -> dict:
 
     configure_threads(1)
     start = time.perf_counter()
+    bias = task.get("bias")
+    mts = _mts(bias)
+    # the integrator's steps: outer steps of mts time steps for an MTS explorer (the task counts time steps)
+    steps, report, restart = (mts_steps(int(task[k]), mts, k) for k in ("steps", "report_interval",
+                                                                         "restart_interval"))
     folder = Path(f"{task['out']}-{uuid.uuid4().hex[:8]}")
     folder.mkdir(parents=True)
     faults = _inject_fault(task.get("fault"))
-    bias = task.get("bias")
     test_system, simulation, handle, was_warm = _simulation(task["system"], task.get("platform", "auto"),
                                                            bool(task.get("warm", True)), bias)
     seed = int(task["velocity_seed"])
@@ -242,15 +273,13 @@ def run_walker(task: dict) -> dict:
     simulation.currentStep = 0
     setup = time.perf_counter() - start
     flush = int(task.get("flush_interval", 100))
-    restarts = ZarrReporter(folder / "restarts.zarr", int(task["restart_interval"]), featurizer=None, atoms=None,
+    restarts = ZarrReporter(folder / "restarts.zarr", restart, featurizer=None, atoms=None,
                             flush_interval=flush, seed=seed)
     extra = [restarts]
     if handle is not None:
-        extra.append(LatentReporter(folder / "bias.zarr", int(task["report_interval"]), handle, flush_interval=flush,
-                                    seed=seed))
+        extra.append(LatentReporter(folder / "bias.zarr", report, handle, flush_interval=flush, seed=seed))
     try:
-        result = run_md(simulation, folder / "md.zarr", steps=int(task["steps"]),
-                        report_interval=int(task["report_interval"]),
+        result = run_md(simulation, folder / "md.zarr", steps=steps, report_interval=report,
                         featurizer=featurizer_from_spec(task["featurizer"]), atoms=task.get("atoms"), seed=seed,
                         flush_interval=flush, reporters=[*extra, *faults], progress=False)
     finally:
@@ -261,11 +290,12 @@ def run_walker(task: dict) -> dict:
     energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
     if not np.isfinite(energy):
         raise LssError(f"walker {folder.name}: the final potential energy is {energy}")
-    done = {"folder": str(folder), "frames": result.frames, "steps": result.step,
+    done = {"folder": str(folder), "frames": result.frames, "steps": result.step * mts,  # time steps, as the task's
             "restart_frames": restarts.frames_committed, "velocity_seed": seed,
             "hash": tree_hash(*_stores(folder, handle is not None)),
             "bias": bias is not None, "setup_s": setup, "md_s": result.wall_s, "wall_s": time.perf_counter() - start, "warm": was_warm,
-            "pid": os.getpid(), "platform": context.getPlatform().getName(), "openmm": openmm.__version__}
+            "pid": os.getpid(), "platform": context.getPlatform().getName(), "openmm": openmm.__version__,
+            **({"mts": mts} if mts > 1 else {})}
     atomic_write_json(folder / DONE, done)
     return done
 
