@@ -27,7 +27,8 @@ Both runs use the same features (default: sin/cos of φ, ψ and the
 heavy-atom distances; raw angles jump by 2π inside C7eq, where φ wraps).
 ``--explorers N`` adds N flood explorers per campaign round
 (``[explore] mode = "flood"``, :mod:`lss_engine.bias`): their biased frames
-only seed walkers and count toward the MD budget, never toward the estimates.
+only seed walkers and count toward the MD budget, never toward the estimates;
+``--mts n`` has them evaluate their bias every n steps (``[explore] mts``).
 
 Run:  OMP_NUM_THREADS=1 python benchmarks/adaptive_equilibrium_ala2.py --seeds 3 --budget-ns 8 --workdir runs/adaptive_eq
 """
@@ -76,6 +77,7 @@ md_budget = "{budget_ns}ns"
 walkers = {explorers}
 mode = "flood"
 height = {height}
+mts = {mts}
 """
 
 
@@ -91,7 +93,8 @@ def run(kind: str, seed: int, args, executor) -> Path:
                                                  "continue", 0)
     directory = Path(args.workdir) / kind / f"seed{seed}"
     text = CONFIG.format(seed=seed, walkers=walkers, walker_ps=f"{walker_ps:g}", ranker=ranker,
-                         budget_ns=args.budget_ns, features=args.features, explorers=explorers, height=args.height)
+                         budget_ns=args.budget_ns, features=args.features, explorers=explorers, height=args.height,
+                         mts=args.mts)
     config = CampaignConfig.from_mapping(tomllib.loads(text))
     if (directory / "campaign.json").exists():  # a finished run of the same config is reused
         done = Campaign(directory)
@@ -150,6 +153,8 @@ def main() -> None:
     parser.add_argument("--explorers", type=int, default=0,
                         help="flood explorers per campaign round (lss_engine.bias; their frames only seed walkers)")
     parser.add_argument("--height", type=float, default=2.0, help="flood explorers' hill height per ln(1 + N_c)")
+    parser.add_argument("--mts", type=int, default=1,
+                        help="explorers evaluate their bias every MTS steps (MTSLangevinIntegrator)")
     parser.add_argument("--clusters", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--workdir", default="runs/adaptive_eq")
