@@ -242,6 +242,19 @@ def test_driver_sigkill_then_resume_equals_the_uninterrupted_campaign(tmp_path, 
     assert folders == sorted(c["folder"] for c in campaign.state.committed())
 
 
+def test_a_pool_worker_whose_driver_is_already_gone_exits():
+    """A pool worker set up after its driver died (already re-parented) exits instead of waiting forever.
+
+    The driver's pid is handed to the worker, not read as its parent pid at
+    set-up: a worker started just before a SIGKILL of the driver once found
+    the reaper as its parent and watched that, outliving the campaign.
+    """
+    code = ("import time; from lss_engine.campaign.executors import _init_worker; "
+            "_init_worker(-1); time.sleep(120)")  # -1: no process's pid, so never this one's parent
+    proc = subprocess.run([sys.executable, "-c", code], timeout=60, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 1
+
+
 @pytest.mark.parametrize("executor", ["processes", "dask"])
 def test_a_dead_worker_or_a_failed_walker_is_rerun(tmp_path, reference, executor):
     """Walker (0, 1)'s worker dies at MD step 500 of 1000 and walker (1, 2) raises once: both re-run, nothing lost.

@@ -133,14 +133,16 @@ def test_append_refuses_other_timestep(ala2_system, tmp_path):
         other.step(10)
 
 
-def test_non_finite_positions_name_the_step(ala2_simulation, tmp_path):
+@pytest.mark.parametrize("value", [np.nan, 1e39])
+def test_non_finite_positions_name_the_step(ala2_simulation, tmp_path, value):
+    """NaN, and a coordinate finite in float64 but past float32 (the store's dtype: it would be stored as inf)."""
     sim = ala2_simulation
     rep = ZarrReporter(tmp_path / "f.zarr", 10, featurizer="backbone-torsions", flush_interval=100)
     sim.reporters.append(rep)
     sim.step(70)
     positions = sim.context.getState(getPositions=True).getPositions(asNumpy=True)
     bad = positions.value_in_unit(unit.nanometer).copy()
-    bad[3, 1] = np.nan
+    bad[3, 1] = value
     sim.context.setPositions(bad)
     state = sim.context.getState(getPositions=True)
     with pytest.raises(NonFiniteError, match="step 70"):

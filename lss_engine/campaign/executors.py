@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
+import os
 import signal
 from typing import Any, Callable, Iterable, Iterator
 
@@ -70,7 +71,7 @@ class ProcessPoolExecutor(Executor):
 
     def _new_pool(self) -> cf.ProcessPoolExecutor:
         return cf.ProcessPoolExecutor(self.n_workers, mp_context=multiprocessing.get_context("spawn"),
-                                      initializer=_init_worker)
+                                      initializer=_init_worker, initargs=(os.getpid(),))
 
     def submit(self, fn, task, *, key, gpu=False):
         try:
@@ -97,9 +98,12 @@ class ProcessPoolExecutor(Executor):
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _init_worker() -> None:
-    """Pool worker set-up: one thread, and exit when the driver is gone (no orphan keeps running walkers)."""
-    import os
+def _init_worker(driver: int) -> None:
+    """Pool worker set-up: one thread, and exit when the driver (pid ``driver``) is gone (no orphan keeps running).
+
+    The driver's pid comes from the driver: a worker whose driver died before this ran (it is
+    already an orphan, its parent pid is the reaper's) must not take the reaper for its driver.
+    """
     import threading
     import time
 
@@ -108,10 +112,9 @@ def _init_worker() -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's (see DaskExecutor)
     configure_threads(1)
-    parent = os.getppid()
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while os.getppid() == driver:
             time.sleep(0.5)
         os._exit(1)
 

@@ -206,7 +206,8 @@ class ZarrReporter(StoreReporterBase):
             raise StoreError(f"ZarrReporter for {self.path} is closed")
         if self._writer is None:
             self._setup(simulation)
-        positions = state.getPositions(asNumpy=True)._value  # nm
+        with np.errstate(over="ignore"):  # finite in float64 but past the store's dtype is non-finite too
+            positions = np.asarray(state.getPositions(asNumpy=True)._value, dtype=self._pos.dtype)  # nm
         step = simulation.currentStep
         if not np.isfinite(positions).all():
             self.flush()
