@@ -27,8 +27,14 @@ Both runs use the same features (default: sin/cos of φ, ψ and the
 heavy-atom distances; raw angles jump by 2π inside C7eq, where φ wraps).
 ``--explorers N`` adds N flood explorers per campaign round
 (``[explore] mode = "flood"``, :mod:`lss_engine.bias`): their biased frames
-only seed walkers and count toward the MD budget, never toward the estimates;
+only seed walkers and count toward the MD budget, never toward the MSM;
 ``--mts n`` has them evaluate their bias every n steps (``[explore] mts``).
+With explorers the campaign also gets a multi-ensemble estimate: TRAM
+(``lss_engine.bias.tram_weights``, deeptime) over every committed walker,
+each explorer its own thermodynamic state under its static bias
+(``Campaign.bias_energies``), the unbiased walkers the reference state, on
+the same k-means cells of the final latent space; it gives FES(φ) and ΔF
+(MFPTs stay the MSM's).
 
 Run:  OMP_NUM_THREADS=1 python benchmarks/adaptive_equilibrium_ala2.py --seeds 3 --budget-ns 8 --workdir runs/adaptive_eq
 """
@@ -134,10 +140,49 @@ def estimate(directory: Path, quartet: np.ndarray, clusters: int, seed: int) -> 
             return float("nan")
 
     pops = est.populations({"C7eq": eq, "C7ax": ax})
-    return {"fes": fes, "raw_counts": raw, "populations": pops,
-            "mfpt_ns": {"C7eq->C7ax": mfpt(eq, ax), "C7ax->C7eq": mfpt(ax, eq)},
-            "md_ns": state.md_steps() * campaign.resolved["timestep_ps"] / 1000.0, "rounds": len(state.models),
-            "method": est.method}
+    out = {"fes": fes, "raw_counts": raw, "populations": pops,
+           "mfpt_ns": {"C7eq->C7ax": mfpt(eq, ax), "C7ax->C7eq": mfpt(ax, eq)},
+           "md_ns": state.md_steps() * campaign.resolved["timestep_ps"] / 1000.0, "rounds": len(state.models),
+           "method": est.method}
+    if any(c.get("bias") for c in state.committed()):
+        out["tram"] = tram_estimate(campaign, last, quartet, clusters, seed)
+    return out
+
+
+def tram_estimate(campaign, last: int, quartet: np.ndarray, clusters: int, seed: int) -> dict:
+    """TRAM over every committed walker: the unbiased ones and each explorer as its own biased ensemble.
+
+    Microstates: k-means on the final model's latent of all frames; biases:
+    ``Campaign.bias_energies`` (each explorer's static bias on every frame);
+    lag: the model's.  Gives frame weights, hence FES(φ) and the cored
+    populations (no MFPTs: those stay the unbiased MSM's).
+    """
+    from openmm import unit
+
+    from lss_engine.bias import tram_weights
+    from lss_engine.kinetics import free_energy_1d, kmeans
+    from lss_engine.store import TrajectoryStore
+
+    committed = campaign.state.committed()
+    bias_kn, run_of_frame, lengths = campaign.bias_energies(committed)
+    latent = campaign.latent_of(last, features=np.concatenate(campaign.features(committed)))
+    dtraj = kmeans(latent, clusters, seed=seed).assign(latent)
+    kT = (unit.MOLAR_GAS_CONSTANT_R * campaign.resolved["temperature_K"] * unit.kelvin).value_in_unit(
+        unit.kilojoule_per_mole)
+    result = tram_weights(bias_kn, run_of_frame, dtraj, kT=kT, lag=campaign.encoder(last).lag_frames,
+                          trajectory_lengths=lengths)
+    phi = [store_phi(TrajectoryStore(campaign.dir / c["folder"] / "md.zarr"), quartet) for c in committed]
+    weights = np.split(np.asarray(result.weights), np.cumsum(lengths)[:-1])
+    allphi, w = np.concatenate(phi), np.asarray(result.weights)
+    return {"fes": free_energy_1d(phi, bins=EDGES, weights=weights),
+            "populations": {"C7eq": float(w[C7EQ(allphi)].sum()), "C7ax": float(w[C7AX(allphi)].sum())},
+            "explorers": int(bias_kn.shape[0] - 1), "converged": bool(result.converged)}
+
+
+def delta_f(populations: dict) -> float:
+    """ΔF = −ln(P(C7ax)/P(C7eq)) in kT; infinite when either core is outside the estimate (an infinite error)."""
+    ax, eq = populations["C7ax"], populations["C7eq"]
+    return float(-np.log(ax / eq)) if ax > 0 and eq > 0 else float("inf")
 
 
 def main() -> None:
@@ -185,9 +230,20 @@ def main() -> None:
                                           for k, v in result["mfpt_ns"].items()},
                        "method": result["method"]}
                 p = result["populations"]
-                row["dF_kT"] = float(-np.log(p["C7ax"] / p["C7eq"])) if p["C7ax"] > 0 else float("inf")
+                row["dF_kT"] = delta_f(p)
                 row["dF_error_kT"] = abs(row["dF_kT"] - ref_dF)
                 row["fes_kT"] = result["fes"].free_energy.tolist()
+                if "tram" in result:
+                    t = result["tram"]
+                    ok = np.isfinite(t["fes"].free_energy) & np.isfinite(ref_fes.free_energy)
+                    p = t["populations"]
+                    dF = delta_f(p)
+                    row["tram"] = {"fes_rmse_kT": float(fes_rmse(t["fes"], ref_fes, ok)), "bins_compared": int(ok.sum()),
+                                   "dF_kT": dF, "dF_error_kT": abs(dF - ref_dF), "explorers": t["explorers"],
+                                   "converged": t["converged"], "fes_kT": t["fes"].free_energy.tolist()}
+                    print(f"seed {seed} {kind:8s}: TRAM over unbiased walkers + {t['explorers']} explorers: FES(φ) "
+                          f"RMSE {row['tram']['fes_rmse_kT']:.2f} kT ({int(ok.sum())} bins), ΔF(C7ax−C7eq) {dF:.2f} kT",
+                          flush=True)
                 rows.append(row)
                 print(f"seed {seed} {kind:8s}: {row['md_ns']:.2f} ns MD, FES(φ) RMSE {row['fes_rmse_kT']:.2f} kT "
                       f"({row['bins_compared']} bins), MFPT C7eq→C7ax {row['mfpt_ns']['C7eq->C7ax']:.3g} ns, "
@@ -207,13 +263,25 @@ def main() -> None:
               f"|ln MFPT error| C7eq→C7ax {med([r['mfpt_log_error']['C7eq->C7ax'] for r in sel])}, "
               f"C7ax→C7eq {med([r['mfpt_log_error']['C7ax->C7eq'] for r in sel])}; "
               f"|ΔF error| {med([r['dF_error_kT'] for r in sel])} kT")
+    tram = [r["tram"] for r in rows if "tram" in r]
+    if tram:
+        print(f"  campaign TRAM (unbiased walkers + explorers) median over {len(tram)} seeds: FES(φ) RMSE "
+              f"{np.median([t['fes_rmse_kT'] for t in tram]):.3g} kT; |ΔF error| "
+              f"{np.median([t['dF_error_kT'] for t in tram]):.3g} kT")
     # the same bins for both: those populated in the reference and in both estimates of a seed
     print("  FES(φ) RMSE over the bins populated in the reference, the campaign's and the plain estimate of a seed:")
     for seed in range(args.seeds):
         a, b = [np.array([np.nan if v is None else v for v in r["fes_kT"]]) for r in rows if r["seed"] == seed]
         common = np.isfinite(a) & np.isfinite(b) & np.isfinite(ref_fes.free_energy)
-        print(f"    seed {seed}: {int(common.sum())} bins; campaign {fes_rmse(a, ref_fes, common):.2f} kT, plain "
-              f"{fes_rmse(b, ref_fes, common):.2f} kT")
+        line = (f"    seed {seed}: {int(common.sum())} bins; campaign {fes_rmse(a, ref_fes, common):.2f} kT, plain "
+                f"{fes_rmse(b, ref_fes, common):.2f} kT")
+        t = next((r["tram"] for r in rows if r["seed"] == seed and "tram" in r), None)
+        if t is not None:  # TRAM against plain MD on the bins both (and the reference) populate
+            c = np.array([np.nan if v is None else v for v in t["fes_kT"]])
+            both = np.isfinite(c) & np.isfinite(b) & np.isfinite(ref_fes.free_energy)
+            line += (f"; TRAM vs plain on their {int(both.sum())} common bins: {fes_rmse(c, ref_fes, both):.2f} vs "
+                     f"{fes_rmse(b, ref_fes, both):.2f} kT")
+        print(line)
     from lss_engine._helpers import jsonable
 
     (Path(args.workdir) / "results.json").write_text(json.dumps(jsonable({"args": vars(args), "rows": rows}),

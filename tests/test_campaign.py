@@ -680,3 +680,18 @@ def test_a_flooding_campaign_with_mts_explorers_counts_time_steps(tmp_path):
     assert ours.timestep_ps == pytest.approx(0.02) and theirs.timestep_ps == pytest.approx(0.01)
     np.testing.assert_allclose(ours.times(), theirs.times(), rtol=1e-12)
     assert ours.n_frames == 100 and explorer["restart_frames"] == plain["restart_frames"] == 50
+
+    # Campaign.bias_energies: the explorer's row, recomputed from its stored features with its round's encoder,
+    # is the bias the OpenMM force applied (its bias.zarr); 1e-3 kJ/mol absolute + 1e-4 relative covers the
+    # float32 features and stored energies.  The unbiased ensemble's row is 0, every walker one trajectory.
+    from lss_engine.reporters.latent_reporter import read_latent_store
+
+    committed = state.committed()
+    bias_kn, run_of_frame, lengths = campaign.bias_energies(committed)
+    assert bias_kn.shape == (2, 800) and lengths == [100] * 8 and not bias_kn[0].any()
+    k = [c["folder"] for c in committed].index(explorer["folder"])
+    frames = slice(100 * k, 100 * (k + 1))
+    assert (run_of_frame[frames] == 1).all() and (np.delete(run_of_frame, np.r_[frames]) == 0).all()
+    recorded = read_latent_store(campaign.dir / explorer["folder"] / "bias.zarr").bias_energy
+    assert recorded.max() > 0.05  # the hills were felt
+    np.testing.assert_allclose(bias_kn[1, frames], recorded, rtol=1e-4, atol=1e-3)

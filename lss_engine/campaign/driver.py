@@ -399,6 +399,66 @@ class Campaign:
                 self._features[c["folder"]] = TrajectoryStore(self.dir / c["folder"] / "md.zarr").features()
         return [self._features[c["folder"]] for c in committed]
 
+    def bias_energies(self, committed: list[dict] | None = None) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        r"""Every explorer's bias on every frame of ``committed`` walkers: the input of multi-ensemble reweighting.
+
+        Walkers are thermodynamic states: state 0 is the unbiased ensemble
+        (every unbiased walker), state :math:`k \ge 1` the :math:`k`-th
+        explorer in ``committed`` order, with its own static bias
+        :math:`b_k(x) = B_k(\psi_{r_k}(x))` (:mod:`lss_engine.bias.potentials`:
+        the flooding Gaussian sum or the harmonic restraint of its seed, on
+        the raw coordinates :math:`\psi_{r_k}` of the model of the round that
+        placed it).  Row :math:`k` of ``bias_kn`` holds :math:`b_k` on every
+        pooled frame, in kJ/mol, so that :func:`lss_engine.bias.tram_weights`
+        (or :func:`~lss_engine.bias.mbar_weights`) can use the explorers'
+        biased frames as well as the unbiased walkers'.
+
+        Parameters
+        ----------
+        committed
+            Committed walker records (default: all, in log order).
+
+        Returns
+        -------
+        bias_kn
+            ``(1 + explorers, frames)`` bias energies, kJ/mol (row 0 zeros).
+        run_of_frame
+            ``(frames,)`` thermodynamic state of the walker that sampled each frame.
+        lengths
+            Frames per walker, in ``committed`` order (each walker is one trajectory).
+        """
+        import torch
+
+        from ..bias import GaussianSum, HarmonicRestraint
+        from ..pipeline import load_encoder
+
+        committed = self.state.committed() if committed is None else committed
+        features = self.features(committed)
+        pooled = np.concatenate(features)
+        lengths = [len(f) for f in features]
+        explorers = [c for c in committed if c.get("bias")]
+        bias_kn = np.zeros((1 + len(explorers), len(pooled)))
+        run_of_frame = np.repeat([0] * len(committed), lengths)
+        encoders: dict[str, Any] = {}
+        k, start = 0, 0
+        for c, n in zip(committed, lengths):
+            if c.get("bias"):
+                k += 1
+                run_of_frame[start:start + n] = k
+                b = c["bias"]
+                if b["model"] not in encoders:
+                    encoders[b["model"]] = load_encoder(self.dir / b["model"])
+                s = torch.as_tensor(encoders[b["model"]].slow_coordinates(pooled), dtype=torch.float64)
+                if "gaussians" in b:
+                    g = b["gaussians"]
+                    term = GaussianSum(g["centres"], g["widths"], g["heights"])
+                else:
+                    term = HarmonicRestraint(b["centre"], b["kappa"])
+                with torch.no_grad():
+                    bias_kn[k] = term.double()(s, []).numpy()
+            start += n
+        return bias_kn, run_of_frame, lengths
+
     def _encoder_settings(self, seed: int):
         from ..settings import EncoderSettings
 
