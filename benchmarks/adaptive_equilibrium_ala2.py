@@ -172,9 +172,8 @@ def tram_estimate(campaign, last: int, quartet: np.ndarray, clusters: int, seed:
     result = tram_weights(bias_kn, run_of_frame, dtraj, kT=kT, lag=campaign.encoder(last).lag_frames,
                           trajectory_lengths=lengths)
     phi = [store_phi(TrajectoryStore(campaign.dir / c["folder"] / "md.zarr"), quartet) for c in committed]
-    weights = np.split(np.asarray(result.weights), np.cumsum(lengths)[:-1])
-    allphi, w = np.concatenate(phi), np.asarray(result.weights)
-    return {"fes": free_energy_1d(phi, bins=EDGES, weights=weights),
+    w, allphi = np.asarray(result.weights), np.concatenate(phi)
+    return {"fes": free_energy_1d(phi, bins=EDGES, weights=np.split(w, np.cumsum(lengths)[:-1])),
             "populations": {"C7eq": float(w[C7EQ(allphi)].sum()), "C7ax": float(w[C7AX(allphi)].sum())},
             "explorers": int(bias_kn.shape[0] - 1), "converged": bool(result.converged)}
 
@@ -183,6 +182,11 @@ def delta_f(populations: dict) -> float:
     """ΔF = −ln(P(C7ax)/P(C7eq)) in kT; infinite when either core is outside the estimate (an infinite error)."""
     ax, eq = populations["C7ax"], populations["C7eq"]
     return float(-np.log(ax / eq)) if ax > 0 and eq > 0 else float("inf")
+
+
+def as_profile(values: list) -> np.ndarray:
+    """A stored FES list as an array (empty bins, None once through JSON, as NaN)."""
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
 
 
 def main() -> None:
@@ -271,13 +275,13 @@ def main() -> None:
     # the same bins for both: those populated in the reference and in both estimates of a seed
     print("  FES(φ) RMSE over the bins populated in the reference, the campaign's and the plain estimate of a seed:")
     for seed in range(args.seeds):
-        a, b = [np.array([np.nan if v is None else v for v in r["fes_kT"]]) for r in rows if r["seed"] == seed]
+        a, b = [as_profile(r["fes_kT"]) for r in rows if r["seed"] == seed]
         common = np.isfinite(a) & np.isfinite(b) & np.isfinite(ref_fes.free_energy)
         line = (f"    seed {seed}: {int(common.sum())} bins; campaign {fes_rmse(a, ref_fes, common):.2f} kT, plain "
                 f"{fes_rmse(b, ref_fes, common):.2f} kT")
         t = next((r["tram"] for r in rows if r["seed"] == seed and "tram" in r), None)
         if t is not None:  # TRAM against plain MD on the bins both (and the reference) populate
-            c = np.array([np.nan if v is None else v for v in t["fes_kT"]])
+            c = as_profile(t["fes_kT"])
             both = np.isfinite(c) & np.isfinite(b) & np.isfinite(ref_fes.free_energy)
             line += (f"; TRAM vs plain on their {int(both.sum())} common bins: {fes_rmse(c, ref_fes, both):.2f} vs "
                      f"{fes_rmse(b, ref_fes, both):.2f} kT")

@@ -43,7 +43,7 @@ from .._helpers import atomic_write_bytes, atomic_write_json, derive_seed
 from ..errors import LssError
 from .config import SCHEMA_VERSION, CampaignConfig, load_config, mts_steps
 from .events import EventLog
-from .walker import read_done, remove_folder, run_walker, tree_hash
+from .walker import bias_terms, read_done, remove_folder, run_walker, tree_hash
 
 __all__ = ["Campaign", "CampaignState", "init_campaign"]
 
@@ -429,34 +429,26 @@ class Campaign:
         """
         import torch
 
-        from ..bias import GaussianSum, HarmonicRestraint
         from ..pipeline import load_encoder
 
         committed = self.state.committed() if committed is None else committed
         features = self.features(committed)
         pooled = np.concatenate(features)
         lengths = [len(f) for f in features]
-        explorers = [c for c in committed if c.get("bias")]
+        starts = np.cumsum([0] + lengths)
+        explorers = [i for i, c in enumerate(committed) if c.get("bias")]
         bias_kn = np.zeros((1 + len(explorers), len(pooled)))
-        run_of_frame = np.repeat([0] * len(committed), lengths)
-        encoders: dict[str, Any] = {}
-        k, start = 0, 0
-        for c, n in zip(committed, lengths):
-            if c.get("bias"):
-                k += 1
-                run_of_frame[start:start + n] = k
-                b = c["bias"]
-                if b["model"] not in encoders:
-                    encoders[b["model"]] = load_encoder(self.dir / b["model"])
-                s = torch.as_tensor(encoders[b["model"]].slow_coordinates(pooled), dtype=torch.float64)
-                if "gaussians" in b:
-                    g = b["gaussians"]
-                    term = GaussianSum(g["centres"], g["widths"], g["heights"])
-                else:
-                    term = HarmonicRestraint(b["centre"], b["kappa"])
-                with torch.no_grad():
-                    bias_kn[k] = term.double()(s, []).numpy()
-            start += n
+        run_of_frame = np.zeros(len(pooled), dtype=int)
+        latent: dict[str, Any] = {}  # model (one per round) -> its raw coordinates of every frame
+        for k, i in enumerate(explorers, start=1):
+            run_of_frame[starts[i]:starts[i + 1]] = k
+            b = committed[i]["bias"]
+            if b["model"] not in latent:
+                latent[b["model"]] = torch.as_tensor(load_encoder(self.dir / b["model"]).slow_coordinates(pooled),
+                                                     dtype=torch.float64)
+            with torch.no_grad():
+                bias_kn[k] = sum(term.double()(latent[b["model"]], []).numpy() for term in bias_terms(b)
+                                 if term is not None)
         return bias_kn, run_of_frame, lengths
 
     def _encoder_settings(self, seed: int):

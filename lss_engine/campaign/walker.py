@@ -55,7 +55,7 @@ from .._helpers import atomic_write_json, canonical_json, hash_file, positive_in
 from ..errors import LssError
 from .config import mts_steps
 
-__all__ = ["DONE", "read_done", "run_walker", "tree_hash", "warm_cache_clear"]
+__all__ = ["DONE", "bias_terms", "read_done", "run_walker", "tree_hash", "warm_cache_clear"]
 
 #: The file that marks a finished execution folder.
 DONE = "done.json"
@@ -123,13 +123,11 @@ def _simulation(spec: dict, platform: str, warm: bool, bias: dict | None = None)
     handle = None
     slow: tuple[int, ...] = ()
     if bias is not None:
-        from ..bias import GaussianSum, HarmonicRestraint, latent_bias_force
+        from ..bias import latent_bias_force
 
-        restraint = HarmonicRestraint(bias["centre"], bias["kappa"]) if "centre" in bias else None
-        hills = bias.get("gaussians")
+        restraint, gaussians = bias_terms(bias)
         force, handle = latent_bias_force(
-            bias["model"], restraint=restraint,
-            gaussians=None if hills is None else GaussianSum(hills["centres"], hills["widths"], hills["heights"]),
+            bias["model"], restraint=restraint, gaussians=gaussians,
             periodic=test_system.system.usesPeriodicBoundaryConditions(), backend=bias.get("backend", "auto"))
         own = {f.getForceGroup() for f in test_system.system.getForces()}
         if mts > 1 and handle.force_group in own:
@@ -145,6 +143,20 @@ def _simulation(spec: dict, platform: str, warm: bool, bias: dict | None = None)
                 del _WARM[old]
         _WARM[key] = (test_system, simulation, handle)
     return test_system, simulation, handle, False
+
+
+def bias_terms(bias: dict) -> tuple[Any, Any]:
+    """The latent terms of an explorer's ``bias`` record: (``HarmonicRestraint`` or ``None``, ``GaussianSum`` or ``None``).
+
+    Both in the coordinates of the record's model (what the OpenMM force applies, and what
+    :meth:`~lss_engine.campaign.driver.Campaign.bias_energies` re-evaluates on stored frames).
+    """
+    from ..bias import GaussianSum, HarmonicRestraint
+
+    restraint = HarmonicRestraint(bias["centre"], bias["kappa"]) if "centre" in bias else None
+    hills = bias.get("gaussians")
+    gaussians = None if hills is None else GaussianSum(hills["centres"], hills["widths"], hills["heights"])
+    return restraint, gaussians
 
 
 def _mts(bias: dict | None) -> int:
