@@ -8,10 +8,13 @@ For each seed:
   through the same machinery (one campaign round, ranker ``continue``), so the
   encoder is trained the same way;
 
-then from each final model the Markovian estimate
-(``lss_engine.campaign.estimates.markov_estimate``: a reversible MSM on
-``--clusters`` k-means cells of the SRV latent space, frame weights π_i/N_i):
-the FES along φ and the C7eq↔C7ax mean first-passage times between the cored
+then from each final model the campaign's equilibrium estimate
+(``lss_engine.campaign.estimates.campaign_estimate``): without explorers a
+reversible MSM on ``--clusters`` k-means cells of the SRV latent space over
+the unbiased walkers (frame weights π_i/N_i), with explorers TRAM over every
+walker on those cells (frame weights from all ensembles; kinetics from TRAM's
+unbiased transition matrix): the FES along φ and the C7eq↔C7ax mean
+first-passage times between the cored
 states (C7eq: φ < −1.0 or φ > 2.6; C7ax: 0.5 < φ < 1.8), against the shared
 2 × 250 ns reference (``../shared/data/ala2_vacuum_450K``; its FES from the
 frames' histogram, its MFPTs from lss_engine/resources/ala2_450K_reference.json).
@@ -19,22 +22,23 @@ Errors: FES RMSE in kT over bins populated in both (and, per seed, over the
 bins populated in the reference and in both estimates: a run that never
 reached C7ax is otherwise scored on C7eq alone); MFPT error
 |ln(estimate / reference)| (infinite without an estimate); the free-energy difference
-ΔF = −ln(P(C7ax)/P(C7eq)) of the cored states from the MSM's populations,
+ΔF = −ln(P(C7ax)/P(C7eq)) of the cored states from the estimate's populations,
 error |ΔF − ΔF_ref| in kT (infinite for a run that never reached C7ax).  The
 table gives each seed and the median over seeds.
 
 Both runs use the same features (default: sin/cos of φ, ψ and the
 heavy-atom distances; raw angles jump by 2π inside C7eq, where φ wraps).
 ``--explorers N`` adds N flood explorers per campaign round
-(``[explore] mode = "flood"``, :mod:`lss_engine.bias`): their biased frames
-only seed walkers and count toward the MD budget, never toward the MSM;
-``--mts n`` has them evaluate their bias every n steps (``[explore] mts``).
-With explorers the campaign also gets a multi-ensemble estimate: TRAM
-(``lss_engine.bias.tram_weights``, deeptime) over every committed walker,
-each explorer its own thermodynamic state under its static bias
-(``Campaign.bias_energies``), the unbiased walkers the reference state, on
-the same k-means cells of the final latent space; it gives FES(φ) and ΔF
-(MFPTs stay the MSM's).
+(``[explore] mode = "flood"``, :mod:`lss_engine.bias`): each is its own TRAM
+ensemble under its static bias (``Campaign.bias_energies``); the reversible
+MSM of the unbiased walkers alone is printed beside it.  ``--mts n`` has them
+evaluate their bias every n steps (``[explore] mts``); ``--seed-from
+unbiased`` sets ``[ranker] seed_from``.
+
+A diagnostic of the seeds (``seed_exits``): the campaign's restarted
+unbiased walkers whose first frame is in C7ax, how many reach C7eq within the
+walker, against how many equilibrium frames of the same 24 × 24 (φ, ψ) cells
+of the reference do within as many frames.
 
 Run:  OMP_NUM_THREADS=1 python benchmarks/adaptive_equilibrium_ala2.py --seeds 3 --budget-ns 8 --workdir runs/adaptive_eq
 """
@@ -50,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from adaptive_ala2 import phi_indices, store_phi  # noqa: E402  (the one φ rule of the benchmarks)
+from adaptive_ala2 import phi_indices, phi_of, store_phi  # noqa: E402  (the one φ rule of the benchmarks)
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ala2_vacuum_450K"
 C7EQ = lambda phi: (phi < -1.0) | (phi > 2.6)  # noqa: E731
@@ -75,7 +79,7 @@ dim = 2
 epochs = 30
 [ranker]
 name = "{ranker}"
-cells = 100
+cells = 100{seed_from}
 [stop]
 max_rounds = 1000
 md_budget = "{budget_ns}ns"
@@ -94,13 +98,15 @@ def run(kind: str, seed: int, args, executor) -> Path:
 
     if kind == "campaign":
         walkers, walker_ps, ranker, explorers = args.walkers, args.walker_ps, args.ranker, args.explorers
+        seed_from = f'\nseed_from = "{args.seed_from}"' if args.seed_from != "any" else ""
     else:
         walkers, walker_ps, ranker, explorers = (args.plain_walkers, args.budget_ns * 1000 / args.plain_walkers,
                                                  "continue", 0)
+        seed_from = ""
     directory = Path(args.workdir) / kind / f"seed{seed}"
     text = CONFIG.format(seed=seed, walkers=walkers, walker_ps=f"{walker_ps:g}", ranker=ranker,
                          budget_ns=args.budget_ns, features=args.features, explorers=explorers, height=args.height,
-                         mts=args.mts)
+                         mts=args.mts, seed_from=seed_from)
     config = CampaignConfig.from_mapping(tomllib.loads(text))
     if (directory / "campaign.json").exists():  # a finished run of the same config is reused
         done = Campaign(directory)
@@ -113,25 +119,36 @@ def run(kind: str, seed: int, args, executor) -> Path:
 
 
 def estimate(directory: Path, quartet: np.ndarray, clusters: int, seed: int) -> dict:
+    """The campaign's equilibrium estimate (``campaign_estimate``: TRAM with explorers, else the MSM), and with
+    explorers also the reversible MSM of the unbiased walkers alone (what the estimate was before TRAM)."""
     from lss_engine.campaign.driver import Campaign
-    from lss_engine.campaign.estimates import markov_estimate
-    from lss_engine.errors import LssError
+    from lss_engine.campaign.estimates import campaign_estimate, markov_estimate
     from lss_engine.store import TrajectoryStore
 
     campaign = Campaign(directory)
     state = campaign.state
-    last = max(state.models)
-    stores = [TrajectoryStore(campaign.dir / c["folder"] / "md.zarr") for c in state.unbiased()]
-    features = [s.features() for s in stores]
-    latent = np.split(campaign.latent_of(last, features=np.concatenate(features)),
-                      np.cumsum([len(f) for f in features])[:-1])
-    phi = [store_phi(s, quartet) for s in stores]
-    encoder = campaign.encoder(last)
-    est = markov_estimate(latent, encoder.lag_frames, encoder.frame_interval_ps, n_clusters=clusters, seed=seed,
-                          n_boot=0)
-    fes = est.free_energy(phi, bins=EDGES)
+    est, walkers = campaign_estimate(campaign, n_clusters=clusters, seed=seed)
+    phi = [store_phi(TrajectoryStore(campaign.dir / c["folder"] / "md.zarr"), quartet) for c in walkers]
+    out = {**summary(est, phi), "md_ns": state.md_steps() * campaign.resolved["timestep_ps"] / 1000.0,
+           "rounds": len(state.models), "raw_counts": np.histogram(np.concatenate(phi), EDGES)[0]}
+    if any(c.get("bias") for c in walkers):
+        keep = [i for i, c in enumerate(walkers) if not c.get("bias")]
+        last = max(state.models)
+        features = campaign.features([walkers[i] for i in keep])
+        latent = np.split(campaign.latent_of(last, features=np.concatenate(features)),
+                          np.cumsum([len(f) for f in features])[:-1])
+        encoder = campaign.encoder(last)
+        unbiased = markov_estimate(latent, encoder.lag_frames, encoder.frame_interval_ps, n_clusters=clusters,
+                                   seed=seed, n_boot=0)
+        out["unbiased_msm"] = summary(unbiased, [phi[i] for i in keep])
+    return out
+
+
+def summary(est, phi: list) -> dict:
+    """FES(φ), cored populations and MFPTs (ns; NaN where a core is outside the estimate) of an estimate."""
+    from lss_engine.errors import LssError
+
     eq, ax = [C7EQ(p) for p in phi], [C7AX(p) for p in phi]
-    raw = np.histogram(np.concatenate(phi), EDGES)[0]
 
     def mfpt(a, b) -> float:
         try:
@@ -139,43 +156,56 @@ def estimate(directory: Path, quartet: np.ndarray, clusters: int, seed: int) -> 
         except LssError:  # a state never visited (or outside the active set): no estimate
             return float("nan")
 
-    pops = est.populations({"C7eq": eq, "C7ax": ax})
-    out = {"fes": fes, "raw_counts": raw, "populations": pops,
-           "mfpt_ns": {"C7eq->C7ax": mfpt(eq, ax), "C7ax->C7eq": mfpt(ax, eq)},
-           "md_ns": state.md_steps() * campaign.resolved["timestep_ps"] / 1000.0, "rounds": len(state.models),
-           "method": est.method}
-    if any(c.get("bias") for c in state.committed()):
-        out["tram"] = tram_estimate(campaign, last, quartet, clusters, seed)
-    return out
+    return {"fes": est.free_energy(phi, bins=EDGES), "populations": est.populations({"C7eq": eq, "C7ax": ax}),
+            "mfpt_ns": {"C7eq->C7ax": mfpt(eq, ax), "C7ax->C7eq": mfpt(ax, eq)}, "method": est.method}
 
 
-def tram_estimate(campaign, last: int, quartet: np.ndarray, clusters: int, seed: int) -> dict:
-    """TRAM over every committed walker: the unbiased ones and each explorer as its own biased ensemble.
+def reach_table(reference: list, window: int, cells: int = 24) -> np.ndarray:
+    """P(a C7eq frame within the next ``window`` frames | (φ, ψ) cell of a frame), from the reference trajectories.
 
-    Microstates: k-means on the final model's latent of all frames; biases:
-    ``Campaign.bias_energies`` (each explorer's static bias on every frame);
-    lag: the model's.  Gives frame weights, hence FES(φ) and the cored
-    populations (no MFPTs: those stay the unbiased MSM's).
+    ``cells`` × ``cells`` cells on (φ, ψ); NaN where the reference has fewer than 20 frames.
     """
-    from openmm import unit
+    hits, total = np.zeros(cells * cells), np.zeros(cells * cells)
+    for x in reference:
+        start = np.arange(len(x) - window)
+        in_eq = np.concatenate([[0], np.cumsum(C7EQ(x[:, 0]))])
+        np.add.at(hits, phi_psi_cell(x[start], cells), (in_eq[start + window + 1] - in_eq[start + 1]) > 0)
+        np.add.at(total, phi_psi_cell(x[start], cells), 1)
+    return np.divide(hits, total, out=np.full(cells * cells, np.nan), where=total >= 20)
 
-    from lss_engine.bias import tram_weights
-    from lss_engine.kinetics import free_energy_1d, kmeans
+
+def phi_psi_cell(x: np.ndarray, cells: int) -> np.ndarray:
+    """Cell index of (φ, ψ) rows on a ``cells`` × ``cells`` grid over [−π, π)²."""
+    i = np.clip(((x[..., 0] + np.pi) / (2 * np.pi) * cells).astype(int), 0, cells - 1)
+    j = np.clip(((x[..., 1] + np.pi) / (2 * np.pi) * cells).astype(int), 0, cells - 1)
+    return i * cells + j
+
+
+def seed_exits(directory: Path, quartet: np.ndarray, table: np.ndarray, cells: int = 24) -> dict:
+    """Restarted unbiased walkers whose first frame is in C7ax: how many reach C7eq, and how many equilibrium
+    frames of the same (φ, ψ) cells would (``reach_table``).  A ratio above 1: the seeds carry more than φ, ψ."""
+    from lss_engine.campaign.driver import Campaign
     from lss_engine.store import TrajectoryStore
+    from lss_engine.systems import ALANINE_PSI_INDICES
 
-    committed = campaign.state.committed()
-    bias_kn, run_of_frame, lengths = campaign.bias_energies(committed)
-    latent = campaign.latent_of(last, features=np.concatenate(campaign.features(committed)))
-    dtraj = kmeans(latent, clusters, seed=seed).assign(latent)
-    kT = (unit.MOLAR_GAS_CONSTANT_R * campaign.resolved["temperature_K"] * unit.kelvin).value_in_unit(
-        unit.kilojoule_per_mole)
-    result = tram_weights(bias_kn, run_of_frame, dtraj, kT=kT, lag=campaign.encoder(last).lag_frames,
-                          trajectory_lengths=lengths)
-    phi = [store_phi(TrajectoryStore(campaign.dir / c["folder"] / "md.zarr"), quartet) for c in committed]
-    w, allphi = np.asarray(result.weights), np.concatenate(phi)
-    return {"fes": free_energy_1d(phi, bins=EDGES, weights=np.split(w, np.cumsum(lengths)[:-1])),
-            "populations": {"C7eq": float(w[C7EQ(allphi)].sum()), "C7ax": float(w[C7AX(allphi)].sum())},
-            "explorers": int(bias_kn.shape[0] - 1), "converged": bool(result.converged)}
+    campaign = Campaign(directory)
+    observed, expected, walkers, untested = 0, 0.0, 0, 0
+    for c in campaign.state.unbiased():
+        if c["round"] == 0:
+            continue
+        phi = store_phi(TrajectoryStore(campaign.dir / c["folder"] / "md.zarr"), quartet)
+        if not C7AX(phi[:1])[0]:
+            continue
+        first = TrajectoryStore(campaign.dir / c["folder"] / "restarts.zarr").positions(0, 1)
+        psi = phi_of(first, np.asarray(ALANINE_PSI_INDICES))[0]
+        p = table[phi_psi_cell(np.array([phi[0], psi]), cells)]
+        if not np.isfinite(p):
+            untested += 1
+            continue
+        walkers += 1
+        observed += int(C7EQ(phi[1:]).any())
+        expected += float(p)
+    return {"walkers": walkers, "reached_C7eq": observed, "expected": expected, "cells_without_reference": untested}
 
 
 def delta_f(populations: dict) -> float:
@@ -204,6 +234,9 @@ def main() -> None:
     parser.add_argument("--height", type=float, default=2.0, help="flood explorers' hill height per ln(1 + N_c)")
     parser.add_argument("--mts", type=int, default=1,
                         help="explorers evaluate their bias every MTS steps (MTSLangevinIntegrator)")
+    parser.add_argument("--seed-from", default="any", choices=("any", "unbiased"),
+                        help="campaign [ranker] seed_from: 'unbiased' seeds from explorers' frames only in cells "
+                             "no unbiased walker reached")
     parser.add_argument("--clusters", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--workdir", default="runs/adaptive_eq")
@@ -220,72 +253,72 @@ def main() -> None:
     ref_dF = float(-np.log(C7AX(ref_all).mean() / C7EQ(ref_all).mean()))  # F(C7ax) − F(C7eq), kT
     quartet = phi_indices()
     rows, t0 = [], time.perf_counter()
+    table = reach_table([np.load(f) for f in sorted(REFERENCE.glob("phi_psi_seed*.npy"))],
+                        int(round(args.walker_ps)) - 1)  # frames 1 ps apart; a walker's first frame is at 1 ps
+
+    def score(result: dict) -> dict:
+        """Errors of one estimate against the reference."""
+        populated = np.isfinite(result["fes"].free_energy) & np.isfinite(ref_fes.free_energy)
+        dF = delta_f(result["populations"])
+        return {"fes_rmse_kT": float(fes_rmse(result["fes"], ref_fes, populated)),
+                "bins_compared": int(populated.sum()), "mfpt_ns": result["mfpt_ns"],
+                "mfpt_log_error": {k: float(abs(np.log(v / ref_mfpt[k]))) if v and np.isfinite(v) else float("inf")
+                                   for k, v in result["mfpt_ns"].items()},
+                "dF_kT": dF, "dF_error_kT": abs(dF - ref_dF), "fes_kT": result["fes"].free_energy.tolist(),
+                "method": result["method"]}
+
+    def line(row: dict) -> str:
+        return (f"FES(φ) RMSE {row['fes_rmse_kT']:.2f} kT ({row['bins_compared']} bins), MFPT C7eq→C7ax "
+                f"{row['mfpt_ns']['C7eq->C7ax']:.3g} ns, C7ax→C7eq {row['mfpt_ns']['C7ax->C7eq']:.3g} ns, "
+                f"ΔF(C7ax−C7eq) {row['dF_kT']:.2f} kT")
+
     with ProcessPoolExecutor(args.workers) as pool:
         for seed in range(args.seeds):
             for kind in ("campaign", "plain"):
                 result = estimate(run(kind, seed, args, pool), quartet, args.clusters, seed)
-                populated = np.isfinite(result["fes"].free_energy) & np.isfinite(ref_fes.free_energy)
                 row = {"seed": seed, "kind": kind, "md_ns": result["md_ns"], "rounds": result["rounds"],
-                       "fes_rmse_kT": float(fes_rmse(result["fes"], ref_fes, populated)),
-                       "bins_compared": int(populated.sum()),
-                       "mfpt_ns": result["mfpt_ns"],
-                       "mfpt_log_error": {k: float(abs(np.log(v / ref_mfpt[k])))
-                                          if v and np.isfinite(v) else float("inf")
-                                          for k, v in result["mfpt_ns"].items()},
-                       "method": result["method"]}
-                p = result["populations"]
-                row["dF_kT"] = delta_f(p)
-                row["dF_error_kT"] = abs(row["dF_kT"] - ref_dF)
-                row["fes_kT"] = result["fes"].free_energy.tolist()
-                if "tram" in result:
-                    t = result["tram"]
-                    ok = np.isfinite(t["fes"].free_energy) & np.isfinite(ref_fes.free_energy)
-                    p = t["populations"]
-                    dF = delta_f(p)
-                    row["tram"] = {"fes_rmse_kT": float(fes_rmse(t["fes"], ref_fes, ok)), "bins_compared": int(ok.sum()),
-                                   "dF_kT": dF, "dF_error_kT": abs(dF - ref_dF), "explorers": t["explorers"],
-                                   "converged": t["converged"], "fes_kT": t["fes"].free_energy.tolist()}
-                    print(f"seed {seed} {kind:8s}: TRAM over unbiased walkers + {t['explorers']} explorers: FES(φ) "
-                          f"RMSE {row['tram']['fes_rmse_kT']:.2f} kT ({int(ok.sum())} bins), ΔF(C7ax−C7eq) {dF:.2f} kT",
+                       **score(result)}
+                if kind == "campaign":
+                    row["seed_exits"] = seed_exits(Path(args.workdir) / kind / f"seed{seed}", quartet, table)
+                    e = row["seed_exits"]
+                    print(f"seed {seed} {kind:8s}: restarted walkers starting in C7ax that reach C7eq: "
+                          f"{e['reached_C7eq']} of {e['walkers']}, equilibrium frames of their (φ, ψ) cells: "
+                          f"{e['expected']:.1f} ({e['cells_without_reference']} in cells the reference "
+                          f"hardly visits)", flush=True)
+                if "unbiased_msm" in result:
+                    row["unbiased_msm"] = score(result["unbiased_msm"])
+                    print(f"seed {seed} {kind:8s}: unbiased walkers' MSM alone: {line(row['unbiased_msm'])}",
                           flush=True)
                 rows.append(row)
-                print(f"seed {seed} {kind:8s}: {row['md_ns']:.2f} ns MD, FES(φ) RMSE {row['fes_rmse_kT']:.2f} kT "
-                      f"({row['bins_compared']} bins), MFPT C7eq→C7ax {row['mfpt_ns']['C7eq->C7ax']:.3g} ns, "
-                      f"C7ax→C7eq {row['mfpt_ns']['C7ax->C7eq']:.3g} ns, ΔF(C7ax−C7eq) {row['dF_kT']:.2f} kT "
-                      f"({time.perf_counter() - t0:.0f} s)",
-                      flush=True)
-    print(f"\nalanine dipeptide 450 K, {args.budget_ns:g} ns of total MD each; Markovian estimates "
-          f"({rows[0]['method']}); reference 2 × 250 ns: MFPT C7eq→C7ax {ref_mfpt['C7eq->C7ax']} ns, "
-          f"C7ax→C7eq {ref_mfpt['C7ax->C7eq']} ns, ΔF(C7ax−C7eq) {ref_dF:.2f} kT")
+                print(f"seed {seed} {kind:8s}: {row['md_ns']:.2f} ns MD, {line(row)} "
+                      f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    print(f"\nalanine dipeptide 450 K, {args.budget_ns:g} ns of total MD each; reference 2 × 250 ns: MFPT "
+          f"C7eq→C7ax {ref_mfpt['C7eq->C7ax']} ns, C7ax→C7eq {ref_mfpt['C7ax->C7eq']} ns, ΔF(C7ax−C7eq) "
+          f"{ref_dF:.2f} kT")
+
+    def medians(label: str, sel: list) -> None:  # a seed without an estimate counts as an infinite error
+        print(f"  {label} ({sel[0]['method']}), median over {len(sel)} seeds: FES(φ) RMSE "
+              f"{np.median([r['fes_rmse_kT'] for r in sel]):.3g} kT; |ln MFPT error| C7eq→C7ax "
+              f"{np.median([r['mfpt_log_error']['C7eq->C7ax'] for r in sel]):.3g}, C7ax→C7eq "
+              f"{np.median([r['mfpt_log_error']['C7ax->C7eq'] for r in sel]):.3g}; |ΔF error| "
+              f"{np.median([r['dF_error_kT'] for r in sel]):.3g} kT")
+
     for kind in ("campaign", "plain"):
-        sel = [r for r in rows if r["kind"] == kind]
-
-        def med(values):  # a seed without an estimate (C7ax never reached) counts as an infinite error
-            return f"{np.median(values):.3g}"
-
-        print(f"  {kind:8s} median over {len(sel)} seeds: FES(φ) RMSE {med([r['fes_rmse_kT'] for r in sel])} kT; "
-              f"|ln MFPT error| C7eq→C7ax {med([r['mfpt_log_error']['C7eq->C7ax'] for r in sel])}, "
-              f"C7ax→C7eq {med([r['mfpt_log_error']['C7ax->C7eq'] for r in sel])}; "
-              f"|ΔF error| {med([r['dF_error_kT'] for r in sel])} kT")
-    tram = [r["tram"] for r in rows if "tram" in r]
-    if tram:
-        print(f"  campaign TRAM (unbiased walkers + explorers) median over {len(tram)} seeds: FES(φ) RMSE "
-              f"{np.median([t['fes_rmse_kT'] for t in tram]):.3g} kT; |ΔF error| "
-              f"{np.median([t['dF_error_kT'] for t in tram]):.3g} kT")
+        medians(kind, [r for r in rows if r["kind"] == kind])
+    exits = [r["seed_exits"] for r in rows if "seed_exits" in r]
+    print(f"  restarted walkers starting in C7ax, all seeds: {sum(e['reached_C7eq'] for e in exits)} of "
+          f"{sum(e['walkers'] for e in exits)} reach C7eq; equilibrium frames of their (φ, ψ) cells: "
+          f"{sum(e['expected'] for e in exits):.1f}")
+    alone = [r["unbiased_msm"] for r in rows if "unbiased_msm" in r]
+    if alone:
+        medians("campaign, unbiased walkers' MSM alone", alone)
     # the same bins for both: those populated in the reference and in both estimates of a seed
     print("  FES(φ) RMSE over the bins populated in the reference, the campaign's and the plain estimate of a seed:")
     for seed in range(args.seeds):
         a, b = [as_profile(r["fes_kT"]) for r in rows if r["seed"] == seed]
         common = np.isfinite(a) & np.isfinite(b) & np.isfinite(ref_fes.free_energy)
-        line = (f"    seed {seed}: {int(common.sum())} bins; campaign {fes_rmse(a, ref_fes, common):.2f} kT, plain "
-                f"{fes_rmse(b, ref_fes, common):.2f} kT")
-        t = next((r["tram"] for r in rows if r["seed"] == seed and "tram" in r), None)
-        if t is not None:  # TRAM against plain MD on the bins both (and the reference) populate
-            c = as_profile(t["fes_kT"])
-            both = np.isfinite(c) & np.isfinite(b) & np.isfinite(ref_fes.free_energy)
-            line += (f"; TRAM vs plain on their {int(both.sum())} common bins: {fes_rmse(c, ref_fes, both):.2f} vs "
-                     f"{fes_rmse(b, ref_fes, both):.2f} kT")
-        print(line)
+        print(f"    seed {seed}: {int(common.sum())} bins; campaign {fes_rmse(a, ref_fes, common):.2f} kT, plain "
+              f"{fes_rmse(b, ref_fes, common):.2f} kT")
     from lss_engine._helpers import jsonable
 
     (Path(args.workdir) / "results.json").write_text(json.dumps(jsonable({"args": vars(args), "rows": rows}),

@@ -90,6 +90,7 @@ def reference(tmp_path_factory):
 @pytest.mark.parametrize("bad, message", [
     ("[system]\nname='four-state'\n[md]\nwalkers=0\n", "md.walkers must be a positive integer"),
     ("[system]\nname='four-state'\n[ranker]\nname='best'\n", "ranker.name must be one of"),
+    ("[system]\nname='four-state'\n[ranker]\nseed_from='explorers'\n", "ranker.seed_from must be any or unbiased"),
     ("[system]\nname='four-state'\n[md]\nwalkrs=2\n", "unknown key md.walkrs"),
     ("[md]\nwalkers=2\n", "needs a [system] table"),
     ("[system]\nxml='s.xml'\n", "xml needs pdb"),
@@ -477,14 +478,25 @@ def test_candidate_subsample_keeps_every_cell():
     assert np.array_equal(stratified_subsample(cells[:10], 120, rng), np.arange(10))
 
 
+def test_seed_from_unbiased_keeps_explorer_frames_only_where_no_unbiased_frame_is():
+    """``[ranker] seed_from = "unbiased"``: cell 0 has unbiased and explorer candidates (the explorer's go),
+    cell 1 only an explorer's (kept: it is the frontier), cell 2 only unbiased ones."""
+    from lss_engine.campaign.rankers import unbiased_first
+
+    cells = np.array([0, 0, 0, 1, 1, 2])
+    biased = np.array([False, True, True, True, True, False])
+    assert unbiased_first(cells, biased).tolist() == [True, False, False, True, True, True]
+    assert unbiased_first(cells, np.zeros(6, bool)).all() and unbiased_first(cells, np.ones(6, bool)).all()
+
+
 def test_biased_explorers_move_toward_their_targets_and_stay_out_of_training(tmp_path):
     """``[explore] walkers = 2``: from round 1, two of the four walkers run under the latent restraint
     (lss_engine.bias, a real TorchForce in the walker's OpenMM System) centred ``reach`` = 1 latent unit beyond
     their seed, away from the data mean.  Their frames, in the coordinates of the model that set the restraint,
     end up nearer the centre than the seed was (mean distance over the second half < 0.6 of ``reach``; at
     κ = 500 the restraint's thermal spread is ~0.05 latent units, so an unbiased walker would have no reason to
-    move that way); the unbiased walkers of the same round do not have a bias; training and the Markovian
-    estimate see unbiased frames only."""
+    move that way); the unbiased walkers of the same round do not have a bias; training sees unbiased frames
+    only, and the report's Markovian estimate is TRAM over all walkers (frame weights summing to 1)."""
     from lss_engine.reporters import read_latent_store
 
     extra = "\n[explore]\nwalkers = 2\nkappa = 500.0\nreach = 1.0\n"
@@ -516,9 +528,13 @@ def test_biased_explorers_move_toward_their_targets_and_stay_out_of_training(tmp
             np.testing.assert_allclose(record.bias_energy, expected, rtol=1e-4, atol=1e-3)
     unbiased_frames = sum(c["frames"] for c in state.unbiased(2))
     assert state.models[2]["n_frames"] == unbiased_frames < sum(c["frames"] for c in state.committed(2))
+    # the report's Markovian model: TRAM over every walker, each explorer its own ensemble under its restraint
     metrics = write_report(campaign, tmp_path / "report")
-    assert metrics["markov_estimate"]["n_frames"] == unbiased_frames
-    assert metrics["markov_estimate"]["n_trajectories"] == len(state.unbiased(2))
+    estimate = metrics["markov_estimate"]
+    assert estimate["method"].startswith("TRAM") and "4 biased explorers" in estimate["method"]
+    assert estimate["n_frames"] == sum(c["frames"] for c in state.committed(2))
+    assert estimate["n_trajectories"] == len(state.committed(2))
+    assert sum(estimate["stationary"]) == pytest.approx(1.0)
 
 
 def test_flooding_explorers_record_the_gaussian_bias_of_their_round(tmp_path):

@@ -147,6 +147,12 @@ class ReweightResult:
     run_of_frame, reduced_bias, dtraj, trajectory_lengths
         The inputs (reduced: :math:`u_{kn}`), kept for the bootstrap of
         :func:`reweighted_fes`; not part of :meth:`to_dict`.
+    unbiased_transition_matrix, unbiased_markov_states
+        TRAM only, when one run has no bias (its row of ``bias_kn`` all
+        zero): TRAM's transition matrix of that run at ``lag``
+        (:math:`T^0_{ij}`, reversible with respect to TRAM's unbiased
+        :math:`π_i`, estimated from that run's transition counts alone) and
+        the Markov state (``dtraj`` label) of each of its rows.  Else ``None``.
     """
 
     method: str
@@ -164,6 +170,8 @@ class ReweightResult:
     dtraj: np.ndarray | None = field(default=None, repr=False)
     trajectory_lengths: np.ndarray | None = field(default=None, repr=False)
     settings: dict = field(default_factory=dict, repr=False)
+    unbiased_transition_matrix: np.ndarray | None = field(default=None, repr=False)
+    unbiased_markov_states: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def n_runs(self) -> int:
@@ -423,8 +431,10 @@ def _connected_markov_states(u: np.ndarray, runs: np.ndarray, dtraj: np.ndarray,
 
 def _tram_fit(u: np.ndarray, runs: np.ndarray, dtraj: np.ndarray, pieces: list[np.ndarray], *, lag: int,
               n_markov: int, connectivity: str | None, tol: float, maxiter: int, count_mode: str,
-              f_init: np.ndarray) -> tuple[np.ndarray, bool, int, float]:
-    r"""deeptime TRAM on trajectories given as frame-index arrays; returns (log w_n, converged, iterations, change).
+              f_init: np.ndarray) -> tuple[np.ndarray, bool, int, float, Any]:
+    r"""deeptime TRAM on trajectories given as frame-index arrays.
+
+    Returns (log w_n, converged, iterations, change, deeptime ``TRAMModel``).
 
     A frame that appears in several pieces (a bootstrap sample) gets the sum
     of its copies' weights.  TRAM starts from the MBAR free energies
@@ -464,7 +474,7 @@ def _tram_fit(u: np.ndarray, runs: np.ndarray, dtraj: np.ndarray, pieces: list[n
         lw = np.where(np.isfinite(lw), lw, -np.inf)
         np.logaddexp.at(log_w, p, lw)
     log_w -= _logsumexp(log_w)
-    return log_w, change <= tol, len(incs), change
+    return log_w, change <= tol, len(incs), change, model
 
 
 def tram_weights(bias_kn: Any, run_of_frame: Any, dtraj: Any, *, kT: float, lag: int = 1,
@@ -530,9 +540,17 @@ def tram_weights(bias_kn: Any, run_of_frame: Any, dtraj: Any, *, kT: float, lag:
     pieces = [np.arange(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
     settings = {"tol": tol, "maxiter": maxiter, "connectivity": connectivity, "count_mode": count_mode}
     f0 = _mbar_solve(u, runs, None, f_init=None, tol=tol, maxiter=maxiter)[0]
-    log_w, converged, it, change = _tram_fit(u, runs, d.astype(np.int32), pieces, lag=lag, n_markov=n_markov,
-                                             connectivity=connectivity, tol=tol, maxiter=maxiter,
-                                             count_mode=count_mode, f_init=f0)
+    log_w, converged, it, change, model = _tram_fit(u, runs, d.astype(np.int32), pieces, lag=lag,
+                                                    n_markov=n_markov, connectivity=connectivity, tol=tol,
+                                                    maxiter=maxiter, count_mode=count_mode, f_init=f0)
+    unbiased = [k for k in range(u.shape[0]) if not np.any(u[k])]
+    T0 = states0 = None
+    if unbiased:  # TRAM's transition matrix of a run without bias: the unbiased dynamics
+        collection = model.msm_collection
+        collection.select(unbiased[0])
+        T0 = np.asarray(collection.transition_matrix, dtype=float)
+        cm = collection.count_model
+        states0 = np.asarray(cm.state_symbols if cm is not None else np.arange(len(T0)), dtype=np.int64)
     if not converged:
         warnings.warn(f"TRAM did not converge in {maxiter} iterations (last change {change:.3g} kT)",
                       RuntimeWarning, stacklevel=2)
@@ -540,7 +558,8 @@ def tram_weights(bias_kn: Any, run_of_frame: Any, dtraj: Any, *, kT: float, lag:
     f = -_logsumexp(-u + log_w[None, :], axis=1)
     return ReweightResult("tram", f, w, n_k, kT, converged, it, change, lag=lag, n_markov_states=n_markov,
                           run_of_frame=runs, reduced_bias=u, dtraj=d.astype(np.int64),
-                          trajectory_lengths=np.diff(bounds), settings=settings)
+                          trajectory_lengths=np.diff(bounds), settings=settings,
+                          unbiased_transition_matrix=T0, unbiased_markov_states=states0)
 
 
 # -------------------------------------------------------------------- bootstrap
@@ -588,7 +607,7 @@ def _replicate_weights(result: ReweightResult, units: list[np.ndarray], strata: 
         try:
             f0 = _mbar_solve(result.reduced_bias, result.run_of_frame, counts, f_init=result.f_k,
                              tol=s["tol"], maxiter=s["maxiter"])[0]
-            log_w, ok, _, _ = _tram_fit(result.reduced_bias, result.run_of_frame, result.dtraj.astype(np.int32),
+            log_w, ok, _, _, _ = _tram_fit(result.reduced_bias, result.run_of_frame, result.dtraj.astype(np.int32),
                                         pieces, lag=result.lag, n_markov=result.n_markov_states,
                                         connectivity=s["connectivity"], tol=s["tol"], maxiter=s["maxiter"],
                                         count_mode=s["count_mode"], f_init=f0)

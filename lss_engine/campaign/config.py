@@ -177,8 +177,13 @@ class RankerConfig:
     dream_steps: int = 50  # latent-simulator steps per dreamed walker ("dream")
     dream_walkers: int = 8  # dreamed walkers per candidate frame
     candidates: int = 500  # candidate frames scored per round (a spread subsample of the restartable frames)
+    # "unbiased": in a cell that holds frames of unbiased walkers, only those seed (explorers' biased
+    # frames seed only the cells no unbiased walker has reached); "any": every restartable frame
+    seed_from: str = "any"
 
     def check(self, where: str) -> None:
+        if self.seed_from not in ("any", "unbiased"):
+            raise LssError(f"{where}.seed_from must be any or unbiased, got {self.seed_from!r}")
         if self.name not in RANKERS:
             raise LssError(f"{where}.name must be one of {', '.join(RANKERS)}, got {self.name!r}")
         if self.diversity not in ("farthest", "none"):

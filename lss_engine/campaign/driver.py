@@ -521,7 +521,7 @@ class Campaign:
     def _select(self, r: int) -> dict:
         """Score the frames with the model of round ``r`` and choose the seeds of round ``r + 1``."""
         from ..kinetics import kmeans
-        from .rankers import RankInput, rank, select_batch, stratified_subsample
+        from .rankers import RankInput, rank, select_batch, stratified_subsample, unbiased_first
 
         cfg = self.config
         committed = self.state.committed(r)
@@ -551,6 +551,9 @@ class Campaign:
             cand.append(n0 + js)
             where.extend((i, int(j // every)) for j in js)
         candidates = np.concatenate(cand)
+        if cfg.ranker.seed_from == "unbiased":  # explorers' frames seed only cells no unbiased walker reached
+            keep = unbiased_first(labels[candidates], [bool(committed[i].get("bias")) for i, _ in where])
+            candidates, where = candidates[keep], [w for w, k in zip(where, keep) if k]
         if len(candidates) > cfg.ranker.candidates:  # bounds the dream/ensemble cost; every cell keeps a candidate
             pick = stratified_subsample(labels[candidates], cfg.ranker.candidates, rng)
             candidates, where = candidates[pick], [where[k] for k in pick]

@@ -66,10 +66,11 @@ from ..errors import LssError
 from ..kinetics._util import as_trajectories, bootstrap_units, check_dt, jsonify
 from ..kinetics.cluster import KMeans, kmeans
 from ..kinetics.fes import FreeEnergyProfile, free_energy, free_energy_1d
-from ..kinetics.msm import (MSM, estimate_msm, largest_connected_set, stationary_distribution,
+from ..kinetics.msm import (MSM, count_matrix, estimate_msm, largest_connected_set, stationary_distribution,
                             transition_matrix_reversible)
 
-__all__ = ["MarkovEstimate", "frame_weights", "majority_states", "markov_estimate", "set_fractions"]
+__all__ = ["MarkovEstimate", "campaign_estimate", "frame_weights", "majority_states", "markov_estimate",
+           "set_fractions", "tram_estimate"]
 
 #: Masks or observables given per walker (one array per trajectory).
 PerTrajectory = Sequence[np.ndarray]
@@ -114,22 +115,32 @@ def _as_masks(masks: PerTrajectory, labels: PerTrajectory, name: str) -> np.ndar
     return np.concatenate(out)
 
 
-def set_fractions(labels: PerTrajectory, masks: PerTrajectory, n_states: int) -> np.ndarray:
+def set_fractions(labels: PerTrajectory, masks: PerTrajectory, n_states: int,
+                  weights: PerTrajectory | None = None) -> np.ndarray:
     r"""Fraction :math:`f_i(A) = \#\{t: s_t = i, x_t ∈ A\} / N_i` of each microstate's frames in a set.
 
-    Microstates without frames get 0.
+    With frame ``weights`` :math:`w_t`, the weighted fraction
+    :math:`\sum_{t: s_t = i, x_t ∈ A} w_t / \sum_{t: s_t = i} w_t` (the
+    same for weights constant in each microstate, as the MSM's; TRAM's vary
+    with each frame's bias); microstates of zero weight fall back to the
+    frame count.  Microstates without frames get 0.
     """
     labels = [np.asarray(lab) for lab in labels]
-    m = _as_masks(masks, labels, "masks")
+    m = _as_masks(masks, labels, "masks").astype(float)
     s = np.concatenate(labels)
     N = np.bincount(s, minlength=n_states).astype(float)
-    inside = np.bincount(s, weights=m.astype(float), minlength=n_states)
-    return np.divide(inside, N, out=np.zeros(n_states), where=N > 0)
+    out = np.divide(np.bincount(s, weights=m, minlength=n_states), N, out=np.zeros(n_states), where=N > 0)
+    if weights is not None:
+        w = np.concatenate([np.asarray(x, dtype=float) for x in weights])
+        W = np.bincount(s, weights=w, minlength=n_states)
+        out = np.where(W > 0, np.bincount(s, weights=w * m, minlength=n_states) / np.where(W > 0, W, 1.0), out)
+    return out
 
 
-def majority_states(labels: PerTrajectory, masks: PerTrajectory, n_states: int) -> np.ndarray:
-    """Microstates most of whose frames lie in the set (:math:`f_i(A) > 1/2`)."""
-    return np.flatnonzero(set_fractions(labels, masks, n_states) > 0.5)
+def majority_states(labels: PerTrajectory, masks: PerTrajectory, n_states: int,
+                    weights: PerTrajectory | None = None) -> np.ndarray:
+    """Microstates most of whose frames (or weight, see :func:`set_fractions`) lie in the set (:math:`f_i(A) > 1/2`)."""
+    return np.flatnonzero(set_fractions(labels, masks, n_states, weights) > 0.5)
 
 
 def _boot_se(samples: np.ndarray) -> np.ndarray:
@@ -300,12 +311,13 @@ class MarkovEstimate:
         return free_energy(vals, bins, range=range, weights=self.weights, n_blocks=n_blocks, kT=kT)
 
     def populations(self, masks: Mapping[str, PerTrajectory]) -> dict[str, float]:
-        r"""Equilibrium populations :math:`P(A) = \sum_i π_i f_i(A)` of frame sets.
+        r"""Equilibrium populations :math:`P(A) = \sum_t w_t 1[x_t ∈ A]` of frame sets.
 
+        For the MSM's weights this is :math:`\sum_i π_i f_i(A)`.
         ``masks``: name → one boolean array per trajectory (frames in the set).
         """
-        return {name: float(self.stationary @ set_fractions(self.labels, m, self.n_clusters))
-                for name, m in masks.items()}
+        w = np.concatenate(self.weights)
+        return {name: float(w @ _as_masks(m, self.labels, name)) for name, m in masks.items()}
 
     def populations_se(self, masks: Mapping[str, PerTrajectory]) -> dict[str, float]:
         """Bootstrap standard errors of :meth:`populations` (NaN without bootstrap)."""
@@ -317,8 +329,8 @@ class MarkovEstimate:
         return out
 
     def _sets(self, source: PerTrajectory, target: PerTrajectory) -> tuple[np.ndarray, np.ndarray]:
-        a = majority_states(self.labels, source, self.n_clusters)
-        b = majority_states(self.labels, target, self.n_clusters)
+        a = majority_states(self.labels, source, self.n_clusters, self.weights)
+        b = majority_states(self.labels, target, self.n_clusters, self.weights)
         if np.intersect1d(a, b).size:
             raise LssError("source and target sets share microstates (overlapping masks)")
         return a, b
@@ -447,3 +459,116 @@ def markov_estimate(latent: list[np.ndarray], lag: int, dt: float, *, n_clusters
     for name, values in (observables or {}).items():
         est.fes[name] = est.free_energy(values, fes_bins)
     return est
+
+
+def tram_estimate(latent: list[np.ndarray], bias_kn: np.ndarray, run_of_frame: np.ndarray, lag: int, dt: float, *,
+                  kT: float, n_clusters: int = 100, seed: int = 0, n_timescales: int = 5) -> MarkovEstimate:
+    r"""Multi-ensemble estimate: TRAM over unbiased walkers and biased explorers, on latent clusters.
+
+    Explorers sample under static biases :math:`b_k(x)` (their frames are
+    not the system's equilibrium dynamics), the unbiased walkers under
+    none; TRAM (Wu et al., PNAS 2016; deeptime, through
+    :func:`lss_engine.bias.tram_weights`) combines the transition counts
+    :math:`c^k_{ij}(τ)` of every ensemble :math:`k` with the Boltzmann
+    reweighting of all their frames, each ensemble's transition matrix
+    reversible with respect to its biased equilibrium
+    :math:`π^k_i ∝ e^{f_i - f^k_i}`.
+
+    1. k-means on the pooled latent frames (unbiased and biased) gives the
+       microstates, as in :func:`markov_estimate`.
+    2. TRAM gives every frame its unbiased weight :math:`w_t`
+       (:math:`\sum_t w_t = 1`): :attr:`MarkovEstimate.weights`; the
+       equilibrium probability of a microstate is
+       :math:`π_i = \sum_{t: s_t = i} w_t` (:attr:`~MarkovEstimate.stationary`),
+       free-energy profiles and populations follow from the weights.
+    3. Kinetics (timescales, mean first-passage times) come from TRAM's
+       transition matrix of the unbiased ensemble :math:`T^0`: estimated
+       from the unbiased walkers' counts alone (biased pairs are not the
+       system's dynamics) but reversible with respect to the π that all
+       ensembles determine, on the largest connected set of its graph
+       (:attr:`MarkovEstimate.msm`).  This is why the unbiased walkers need
+       not connect every state both ways themselves, as the plain MSM
+       (:func:`markov_estimate`) requires.
+
+    Parameters
+    ----------
+    latent
+        Latent coordinates, one ``(n_t, d)`` array per walker (unbiased and biased).
+    bias_kn
+        ``(K, frames)`` bias energies of every ensemble on every pooled frame
+        (kJ/mol); row 0 the unbiased ensemble (zeros), e.g.
+        :meth:`lss_engine.campaign.driver.Campaign.bias_energies`.
+    run_of_frame
+        ``(frames,)`` ensemble of the walker that sampled each frame.
+    lag, dt
+        Lag τ in frames (every walker needs more frames) and frame interval (ps).
+    kT
+        :math:`k_BT` in kJ/mol.
+    n_clusters, seed, n_timescales
+        As in :func:`markov_estimate`.  No bootstrap: the ``*_se`` attributes are NaN.
+    """
+    from ..bias import tram_weights
+
+    X = as_trajectories(list(latent), dtype=float, ndim=2, name="latent")
+    lengths = [len(x) for x in X]
+    dt = check_dt(dt)
+    clustering = kmeans(X, int(n_clusters), seed=seed)
+    k = len(clustering.centers)
+    pooled = clustering.assign(np.concatenate(X))
+    result = tram_weights(bias_kn, run_of_frame, pooled, kT=kT, lag=int(lag), trajectory_lengths=lengths)
+    if result.unbiased_transition_matrix is None:
+        raise LssError("tram_estimate needs one unbiased ensemble (a row of bias_kn that is all zero)")
+    T, states = result.unbiased_transition_matrix, result.unbiased_markov_states
+    keep = largest_connected_set((T > 0).astype(float), directed=True)
+    T = T[np.ix_(keep, keep)]
+    T = T / T.sum(axis=1, keepdims=True)  # a reversible T has no weight leaving its connected set: a no-op
+    labels = np.split(pooled, np.cumsum(lengths)[:-1])
+    zero = int(np.flatnonzero(~np.any(np.asarray(bias_kn), axis=1))[0])  # the ensemble T belongs to
+    runs = np.asarray(run_of_frame)
+    unbiased = [lab for lab, r in zip(labels, np.split(runs, np.cumsum(lengths)[:-1])) if r[0] == zero]
+    C = count_matrix([u for u in unbiased if len(u) > lag], int(lag), n_states=k) if unbiased else np.zeros((k, k))
+    active = states[keep]
+    msm = MSM(T, stationary_distribution(T), C[np.ix_(active, active)], active, k, int(lag), dt, True)
+    weights = np.split(np.asarray(result.weights, dtype=float), np.cumsum(lengths)[:-1])
+    pi = np.bincount(pooled, weights=np.asarray(result.weights, dtype=float), minlength=k)
+    return MarkovEstimate(
+        msm=msm, clustering=clustering, labels=labels, weights=weights,
+        timescales_ps=_padded_timescales(msm, int(n_timescales)), timescales_se_ps=np.full(int(n_timescales), np.nan),
+        stationary=pi, stationary_se=np.full(k, np.nan), active_set=active.copy(), lag=int(lag), dt=dt,
+        method=(f"TRAM on {k} latent clusters over {result.n_runs} ensembles (unbiased walkers + "
+                f"{result.n_runs - 1} biased explorers), lag {int(lag)} frames ({int(lag) * dt:g} ps); kinetics: "
+                f"TRAM's unbiased transition matrix"))
+
+
+def campaign_estimate(campaign: Any, *, n_clusters: int = 100, seed: int | None = None,
+                      model_round: int | None = None) -> tuple[MarkovEstimate, list[dict]]:
+    """The equilibrium estimate of a campaign from its final (or ``model_round``'s) model.
+
+    Without explorers: :func:`markov_estimate` (reversible MSM) over the
+    unbiased walkers.  With explorers: :func:`tram_estimate` over every
+    committed walker, each explorer its own ensemble
+    (:meth:`~lss_engine.campaign.driver.Campaign.bias_energies`).  Returns
+    the estimate and the committed walker records, one per trajectory of
+    ``estimate.labels`` (in that order); ``estimate.method`` says which.
+    """
+    from openmm import unit
+
+    state = campaign.state
+    r = max(state.models) if model_round is None else int(model_round)
+    seed = campaign.config.seed if seed is None else int(seed)
+    encoder = campaign.encoder(r)
+    committed = state.committed(r)
+    biased = any(c.get("bias") for c in committed)
+    walkers = committed if biased else [c for c in committed if not c.get("bias")]
+    features = campaign.features(walkers)
+    latent = np.split(campaign.latent_of(r, features=np.concatenate(features)),
+                      np.cumsum([len(f) for f in features])[:-1])
+    n = min(int(n_clusters), sum(len(z) for z in latent))
+    if not biased:
+        return markov_estimate(latent, encoder.lag_frames, encoder.frame_interval_ps, n_clusters=n,
+                               seed=seed), walkers
+    bias_kn, run_of_frame, _ = campaign.bias_energies(walkers)
+    kT = (unit.MOLAR_GAS_CONSTANT_R * campaign.resolved["temperature_K"] * unit.kelvin).value_in_unit(
+        unit.kilojoule_per_mole)
+    return tram_estimate(latent, bias_kn, run_of_frame, encoder.lag_frames, encoder.frame_interval_ps, kT=kT,
+                         n_clusters=n, seed=seed), walkers

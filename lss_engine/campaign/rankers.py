@@ -44,7 +44,8 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["RankInput", "align_gauge", "rank", "select_batch", "stratified_subsample", "RANKER_FUNCTIONS"]
+__all__ = ["RankInput", "align_gauge", "rank", "select_batch", "stratified_subsample", "unbiased_first",
+           "RANKER_FUNCTIONS"]
 
 
 @dataclass
@@ -164,6 +165,23 @@ def select_batch(points: np.ndarray, scores: np.ndarray, k: int, *, diversity: s
         gap = np.minimum(gap, np.linalg.norm(points[top] - points[top[nxt]], axis=1))
     chosen = np.array(chosen)
     return chosen[np.arange(k) % len(chosen)]
+
+
+def unbiased_first(cells: np.ndarray, biased: np.ndarray) -> np.ndarray:
+    """Which candidates may seed under ``[ranker] seed_from = "unbiased"``: a mask over the candidates.
+
+    A candidate from a biased explorer is kept only in a cell where no
+    candidate from an unbiased walker lies; unbiased candidates are always kept.
+
+    Parameters
+    ----------
+    cells
+        ``(n,)`` cell of each candidate.
+    biased
+        ``(n,)`` whether each candidate is an explorer's frame.
+    """
+    cells, biased = np.asarray(cells), np.asarray(biased, dtype=bool)
+    return ~biased | ~np.isin(cells, cells[~biased])
 
 
 def stratified_subsample(cells: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

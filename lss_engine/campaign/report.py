@@ -3,7 +3,8 @@
 Everything here is read from the campaign directory (the event log and the
 models), never from a running driver.  Equilibrium estimates come from the
 Markovian model (:mod:`.estimates`: a reversible MSM on latent clusters whose
-stationary distribution reweights every frame), not from raw histograms of
+stationary distribution reweights every frame, or TRAM when explorers ran
+under biases), not from raw histograms of
 the restarted walkers, which over-weight the regions the rankers chose.
 """
 from __future__ import annotations
@@ -80,8 +81,10 @@ def status_table(campaign: Any) -> str:
 def write_report(campaign: Any, out: str | Path | None = None, *, n_clusters: int = 50) -> dict:
     """PNGs (latent coverage per round, discovered cells vs MD ns, timescales vs round) and ``metrics.json``.
 
-    The final model's Markovian estimate (reversible MSM on ``n_clusters``
-    latent clusters) gives the equilibrium numbers in the metrics.
+    The final model's Markovian estimate (:func:`.estimates.campaign_estimate`:
+    a reversible MSM on ``n_clusters`` latent clusters of the unbiased
+    walkers, or TRAM over them and the explorers) gives the equilibrium
+    numbers in the metrics (``markov_estimate``; its ``method`` says which).
     """
     import matplotlib
 
@@ -139,13 +142,13 @@ def write_report(campaign: Any, out: str | Path | None = None, *, n_clusters: in
     metrics["figures"].append(save_figure(fig, out / "timescales.png").name)
     plt.close("all")
 
-    from .estimates import markov_estimate
+    from .estimates import campaign_estimate
 
-    encoder = campaign.encoder(last)
-    latent = [z for z, c in zip(latent, committed) if not c.get("bias")]  # biased explorers: not the dynamics
-    estimate = markov_estimate(latent, encoder.lag_frames, encoder.frame_interval_ps,
-                               n_clusters=min(n_clusters, sum(len(z) for z in latent)), seed=campaign.config.seed)
+    # the Markovian model: the unbiased walkers' MSM, or TRAM over them and the explorers (each its own ensemble)
+    estimate, walkers = campaign_estimate(campaign, n_clusters=n_clusters, model_round=last)
     metrics["markov_estimate"] = estimate.to_dict()
+    position = {c["folder"]: i for i, c in enumerate(committed)}
+    latent = [latent[position[c["folder"]]] for c in walkers]
     # show the difference: the walkers' raw histogram over-weights what the rankers chose
     from ..kinetics import free_energy_1d
     from ..kinetics.plots import plot_free_energy
