@@ -338,7 +338,7 @@ class MarkovEstimate:
     def mfpt(self, source: PerTrajectory, target: PerTrajectory) -> float:
         r"""Mean first-passage time (ps) from frame set A to frame set B.
 
-        A microstate belongs to a set when most of its frames do
+        A microstate belongs to a set when most of its frames (by weight) do
         (:func:`majority_states`); then :func:`~lss_engine.kinetics.msm.mfpt_msm`
         solves :math:`(I - T_{\bar B\bar B}) m = 1` and averages :math:`m` over
         A's microstates with weights :math:`π`.
