@@ -506,6 +506,7 @@ def tram_estimate(latent: list[np.ndarray], bias_kn: np.ndarray, run_of_frame: n
         :math:`k_BT` in kJ/mol.
     n_clusters, seed, n_timescales
         As in :func:`markov_estimate`.  No bootstrap: the ``*_se`` attributes are NaN.
+        A TRAM fit that did not converge says so in ``method`` (and warns).
     """
     from ..bias import tram_weights
 
@@ -537,7 +538,9 @@ def tram_estimate(latent: list[np.ndarray], bias_kn: np.ndarray, run_of_frame: n
         stationary=pi, stationary_se=np.full(k, np.nan), active_set=active.copy(), lag=int(lag), dt=dt,
         method=(f"TRAM on {k} latent clusters over {result.n_runs} ensembles (unbiased walkers + "
                 f"{result.n_runs - 1} biased explorers), lag {int(lag)} frames ({int(lag) * dt:g} ps); kinetics: "
-                f"TRAM's unbiased transition matrix"))
+                f"TRAM's unbiased transition matrix"
+                + ("" if result.converged else f"; TRAM did not converge in {result.iterations} iterations "
+                                               f"(last change {result.max_change:.3g} kT)")))
 
 
 def campaign_estimate(campaign: Any, *, n_clusters: int = 100, seed: int | None = None,
