@@ -183,7 +183,8 @@ def phi_psi_cell(x: np.ndarray, cells: int) -> np.ndarray:
 
 def seed_exits(directory: Path, quartet: np.ndarray, table: np.ndarray, cells: int = 24) -> dict:
     """Restarted unbiased walkers whose first frame is in C7ax: how many reach C7eq, and how many equilibrium
-    frames of the same (φ, ψ) cells would (``reach_table``).  A ratio above 1: the seeds carry more than φ, ψ."""
+    frames of the same (φ, ψ) cells would (``reach_table``).  A ratio above 1: these walkers are not an
+    equilibrium sample of exits from C7ax (the first frame is 1 ps after the seed, so it does not say why)."""
     from lss_engine.campaign.driver import Campaign
     from lss_engine.store import TrajectoryStore
     from lss_engine.systems import ALANINE_PSI_INDICES

@@ -147,9 +147,9 @@ class ReweightResult:
     run_of_frame, reduced_bias, dtraj, trajectory_lengths
         The inputs (reduced: :math:`u_{kn}`), kept for the bootstrap of
         :func:`reweighted_fes`; not part of :meth:`to_dict`.
-    unbiased_transition_matrix, unbiased_markov_states
+    unbiased_run, unbiased_transition_matrix, unbiased_markov_states
         TRAM only, when one run has no bias (its row of ``bias_kn`` all
-        zero): TRAM's transition matrix of that run at ``lag``
+        zero): that run's label, TRAM's transition matrix of that run at ``lag``
         (:math:`T^0_{ij}`, reversible with respect to TRAM's unbiased
         :math:`π_i`, estimated from that run's transition counts alone) and
         the Markov state (``dtraj`` label) of each of its rows.  Else ``None``.
@@ -170,6 +170,7 @@ class ReweightResult:
     dtraj: np.ndarray | None = field(default=None, repr=False)
     trajectory_lengths: np.ndarray | None = field(default=None, repr=False)
     settings: dict = field(default_factory=dict, repr=False)
+    unbiased_run: int | None = None
     unbiased_transition_matrix: np.ndarray | None = field(default=None, repr=False)
     unbiased_markov_states: np.ndarray | None = field(default=None, repr=False)
 
@@ -544,10 +545,11 @@ def tram_weights(bias_kn: Any, run_of_frame: Any, dtraj: Any, *, kT: float, lag:
                                                     n_markov=n_markov, connectivity=connectivity, tol=tol,
                                                     maxiter=maxiter, count_mode=count_mode, f_init=f0)
     unbiased = [k for k in range(u.shape[0]) if not np.any(u[k])]
+    run0 = unbiased[0] if unbiased else None
     T0 = states0 = None
-    if unbiased:  # TRAM's transition matrix of a run without bias: the unbiased dynamics
+    if run0 is not None:  # TRAM's transition matrix of a run without bias: the unbiased dynamics
         collection = model.msm_collection
-        collection.select(unbiased[0])
+        collection.select(run0)
         T0 = np.asarray(collection.transition_matrix, dtype=float)
         cm = collection.count_model
         states0 = np.asarray(cm.state_symbols if cm is not None else np.arange(len(T0)), dtype=np.int64)
@@ -559,7 +561,7 @@ def tram_weights(bias_kn: Any, run_of_frame: Any, dtraj: Any, *, kT: float, lag:
     return ReweightResult("tram", f, w, n_k, kT, converged, it, change, lag=lag, n_markov_states=n_markov,
                           run_of_frame=runs, reduced_bias=u, dtraj=d.astype(np.int64),
                           trajectory_lengths=np.diff(bounds), settings=settings,
-                          unbiased_transition_matrix=T0, unbiased_markov_states=states0)
+                          unbiased_run=run0, unbiased_transition_matrix=T0, unbiased_markov_states=states0)
 
 
 # -------------------------------------------------------------------- bootstrap
@@ -607,10 +609,11 @@ def _replicate_weights(result: ReweightResult, units: list[np.ndarray], strata: 
         try:
             f0 = _mbar_solve(result.reduced_bias, result.run_of_frame, counts, f_init=result.f_k,
                              tol=s["tol"], maxiter=s["maxiter"])[0]
-            log_w, ok, _, _, _ = _tram_fit(result.reduced_bias, result.run_of_frame, result.dtraj.astype(np.int32),
-                                        pieces, lag=result.lag, n_markov=result.n_markov_states,
-                                        connectivity=s["connectivity"], tol=s["tol"], maxiter=s["maxiter"],
-                                        count_mode=s["count_mode"], f_init=f0)
+            log_w, ok, _, _, _ = _tram_fit(result.reduced_bias, result.run_of_frame,
+                                           result.dtraj.astype(np.int32), pieces, lag=result.lag,
+                                           n_markov=result.n_markov_states, connectivity=s["connectivity"],
+                                           tol=s["tol"], maxiter=s["maxiter"], count_mode=s["count_mode"],
+                                           f_init=f0)
         except (ValueError, RuntimeError):
             return None
     w = np.exp(log_w)

@@ -523,15 +523,15 @@ def tram_estimate(latent: list[np.ndarray], bias_kn: np.ndarray, run_of_frame: n
     keep = largest_connected_set((T > 0).astype(float), directed=True)
     T = T[np.ix_(keep, keep)]
     T = T / T.sum(axis=1, keepdims=True)  # a reversible T has no weight leaving its connected set: a no-op
-    labels = np.split(pooled, np.cumsum(lengths)[:-1])
-    zero = int(np.flatnonzero(~np.any(np.asarray(bias_kn), axis=1))[0])  # the ensemble T belongs to
-    runs = np.asarray(run_of_frame)
-    unbiased = [lab for lab, r in zip(labels, np.split(runs, np.cumsum(lengths)[:-1])) if r[0] == zero]
+    splits = np.cumsum(lengths)[:-1]
+    labels = np.split(pooled, splits)
+    unbiased = [lab for lab, r in zip(labels, np.split(result.run_of_frame, splits)) if r[0] == result.unbiased_run]
     C = count_matrix([u for u in unbiased if len(u) > lag], int(lag), n_states=k) if unbiased else np.zeros((k, k))
     active = states[keep]
     msm = MSM(T, stationary_distribution(T), C[np.ix_(active, active)], active, k, int(lag), dt, True)
-    weights = np.split(np.asarray(result.weights, dtype=float), np.cumsum(lengths)[:-1])
-    pi = np.bincount(pooled, weights=np.asarray(result.weights, dtype=float), minlength=k)
+    w = np.asarray(result.weights, dtype=float)
+    weights = np.split(w, splits)
+    pi = np.bincount(pooled, weights=w, minlength=k)
     return MarkovEstimate(
         msm=msm, clustering=clustering, labels=labels, weights=weights,
         timescales_ps=_padded_timescales(msm, int(n_timescales)), timescales_se_ps=np.full(int(n_timescales), np.nan),
@@ -560,9 +560,8 @@ def campaign_estimate(campaign: Any, *, n_clusters: int = 100, seed: int | None 
     r = max(state.models) if model_round is None else int(model_round)
     seed = campaign.config.seed if seed is None else int(seed)
     encoder = campaign.encoder(r)
-    committed = state.committed(r)
-    biased = any(c.get("bias") for c in committed)
-    walkers = committed if biased else [c for c in committed if not c.get("bias")]
+    walkers = state.committed(r)
+    biased = any(c.get("bias") for c in walkers)
     features = campaign.features(walkers)
     latent = np.split(campaign.latent_of(r, features=np.concatenate(features)),
                       np.cumsum([len(f) for f in features])[:-1])
