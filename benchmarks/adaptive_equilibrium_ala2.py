@@ -118,7 +118,7 @@ def run(kind: str, seed: int, args, executor) -> Path:
     return directory
 
 
-def estimate(directory: Path, quartet: np.ndarray, clusters: int, seed: int) -> dict:
+def estimate(directory: Path, quartet: np.ndarray, clusters: int, seed: int, n_boot: int = 0) -> dict:
     """The campaign's equilibrium estimate (``campaign_estimate``: TRAM with explorers, else the MSM), and with
     explorers also the reversible MSM of the unbiased walkers alone (what the estimate was before TRAM)."""
     from lss_engine.campaign.driver import Campaign
@@ -127,7 +127,7 @@ def estimate(directory: Path, quartet: np.ndarray, clusters: int, seed: int) -> 
 
     campaign = Campaign(directory)
     state = campaign.state
-    est, walkers = campaign_estimate(campaign, n_clusters=clusters, seed=seed)
+    est, walkers = campaign_estimate(campaign, n_clusters=clusters, seed=seed, n_boot=n_boot)
     phi = [store_phi(TrajectoryStore(campaign.dir / c["folder"] / "md.zarr"), quartet) for c in walkers]
     out = {**summary(est, phi), "md_ns": state.md_steps() * campaign.resolved["timestep_ps"] / 1000.0,
            "rounds": len(state.models), "raw_counts": np.histogram(np.concatenate(phi), EDGES)[0]}
@@ -150,14 +150,16 @@ def summary(est, phi: list) -> dict:
 
     eq, ax = [C7EQ(p) for p in phi], [C7AX(p) for p in phi]
 
-    def mfpt(a, b) -> float:
+    def mfpt(a, b, rule=est.mfpt) -> float:
         try:
-            return est.mfpt(a, b) / 1000.0
+            return rule(a, b) / 1000.0
         except LssError:  # a state never visited (or outside the active set): no estimate
             return float("nan")
 
     return {"fes": est.free_energy(phi, bins=EDGES), "populations": est.populations({"C7eq": eq, "C7ax": ax}),
-            "mfpt_ns": {"C7eq->C7ax": mfpt(eq, ax), "C7ax->C7eq": mfpt(ax, eq)}, "method": est.method}
+            "mfpt_ns": {"C7eq->C7ax": mfpt(eq, ax), "C7ax->C7eq": mfpt(ax, eq)},
+            "mfpt_se_ns": {"C7eq->C7ax": mfpt(eq, ax, est.mfpt_se), "C7ax->C7eq": mfpt(ax, eq, est.mfpt_se)},
+            "method": est.method}
 
 
 def reach_table(reference: list, window: int, cells: int = 24) -> np.ndarray:
@@ -239,6 +241,8 @@ def main() -> None:
                         help="campaign [ranker] seed_from: 'unbiased' seeds from explorers' frames only in cells "
                              "no unbiased walker reached")
     parser.add_argument("--clusters", type=int, default=100)
+    parser.add_argument("--boot", type=int, default=0,
+                        help="bootstrap samples of the estimates' errors (MFPT ± SE; with explorers one TRAM fit each)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--workdir", default="runs/adaptive_eq")
     args = parser.parse_args()
@@ -263,20 +267,23 @@ def main() -> None:
         dF = delta_f(result["populations"])
         return {"fes_rmse_kT": float(fes_rmse(result["fes"], ref_fes, populated)),
                 "bins_compared": int(populated.sum()), "mfpt_ns": result["mfpt_ns"],
+                "mfpt_se_ns": result["mfpt_se_ns"],
                 "mfpt_log_error": {k: float(abs(np.log(v / ref_mfpt[k]))) if v and np.isfinite(v) else float("inf")
                                    for k, v in result["mfpt_ns"].items()},
                 "dF_kT": dF, "dF_error_kT": abs(dF - ref_dF), "fes_kT": result["fes"].free_energy.tolist(),
                 "method": result["method"]}
 
     def line(row: dict) -> str:
+        m, se = row["mfpt_ns"], row["mfpt_se_ns"]
+        err = {k: f" ± {se[k]:.2g}" if np.isfinite(se[k]) else "" for k in m}  # bootstrap SE (--boot)
         return (f"FES(φ) RMSE {row['fes_rmse_kT']:.2f} kT ({row['bins_compared']} bins), MFPT C7eq→C7ax "
-                f"{row['mfpt_ns']['C7eq->C7ax']:.3g} ns, C7ax→C7eq {row['mfpt_ns']['C7ax->C7eq']:.3g} ns, "
-                f"ΔF(C7ax−C7eq) {row['dF_kT']:.2f} kT")
+                f"{m['C7eq->C7ax']:.3g}{err['C7eq->C7ax']} ns, C7ax→C7eq {m['C7ax->C7eq']:.3g}{err['C7ax->C7eq']} "
+                f"ns, ΔF(C7ax−C7eq) {row['dF_kT']:.2f} kT")
 
     with ProcessPoolExecutor(args.workers) as pool:
         for seed in range(args.seeds):
             for kind in ("campaign", "plain"):
-                result = estimate(run(kind, seed, args, pool), quartet, args.clusters, seed)
+                result = estimate(run(kind, seed, args, pool), quartet, args.clusters, seed, args.boot)
                 row = {"seed": seed, "kind": kind, "md_ns": result["md_ns"], "rounds": result["rounds"],
                        **score(result)}
                 if kind == "campaign":

@@ -73,7 +73,7 @@ import numpy as np
 import openmm
 from openmm import app, unit
 
-from ._helpers import canonical_json, first_line, jsonable, positive_float, positive_int
+from ._helpers import canonical_json, derive_seed, first_line, jsonable, positive_float, positive_int
 from .errors import LssError
 from .units import parse_time_ps
 
@@ -96,6 +96,7 @@ __all__ = [
     "from_xml",
     "make_system",
     "get_system",
+    "integrator_seed",
     "list_systems",
     "system_key",
     "system_spec",
@@ -240,14 +241,16 @@ class TestSystem:
             ``"auto"`` (the system's :attr:`default_platform`) or an OpenMM
             platform name; see :func:`choose_platform`.
         seed
-            Integrator and velocity seed; ``None`` for random.
+            Velocity seed; the integrator's is :func:`integrator_seed` of it
+            (independent noise); ``None`` for random.
         minimize
             Run ``Simulation.minimizeEnergy()`` first.
         mts, slow_groups
             A multiple-time-step integrator (see :meth:`make_integrator`).
         """
         simulation = app.Simulation(self.topology, self.system,
-                                    self.make_integrator(seed, mts=mts, slow_groups=slow_groups),
+                                    self.make_integrator(None if seed is None else integrator_seed(seed),
+                                                         mts=mts, slow_groups=slow_groups),
                                     choose_platform(platform, self))
         simulation.context.setPositions(self.positions)
         if minimize:
@@ -331,6 +334,25 @@ def _kelvin(value: Any) -> float:
     if hasattr(value, "value_in_unit"):
         value = value.value_in_unit(unit.kelvin)
     return positive_float(value, "temperature (K)")
+
+
+def integrator_seed(velocity_seed: int) -> int:
+    r"""The integrator's random-number seed of a run whose velocities are drawn with ``velocity_seed``.
+
+    OpenMM's Reference platform draws the Langevin noise with the same
+    generator (SFMT, polar Box–Muller) as ``setVelocitiesToTemperature``, so
+    with one seed for both the first step's noise *is* the initial
+    velocities' draw: the step adds :math:`\sqrt{1 - e^{-2γΔt}}\,σ_v`
+    along :math:`v_0` instead of an independent kick, a heat pulse at every
+    restart.  Measured on alanine dipeptide at 450 K (300 starts from one
+    structure each): the first step added 1.1 ± 0.13 kT more total energy
+    with equal seeds than with independent ones (3.46 ± 0.10 vs
+    2.36 ± 0.09 kT).  This seed is a fixed function of ``velocity_seed``
+    (a run is reproduced from its one recorded seed) and an independent
+    stream (:func:`lss_engine._helpers.derive_seed`); in OpenMM's positive
+    31-bit range (0 would mean "random").
+    """
+    return derive_seed(int(velocity_seed), 0x6E6F6973) % (2 ** 31 - 1) + 1
 
 
 def _timestep_ps(value: Any) -> float:

@@ -529,7 +529,7 @@ def test_biased_explorers_move_toward_their_targets_and_stay_out_of_training(tmp
     unbiased_frames = sum(c["frames"] for c in state.unbiased(2))
     assert state.models[2]["n_frames"] == unbiased_frames < sum(c["frames"] for c in state.committed(2))
     # the report's Markovian model: TRAM over every walker, each explorer its own ensemble under its restraint
-    metrics = write_report(campaign, tmp_path / "report")
+    metrics = write_report(campaign, tmp_path / "report", n_boot=0)
     estimate = metrics["markov_estimate"]
     assert estimate["method"].startswith("TRAM") and "4 biased explorers" in estimate["method"]
     assert estimate["n_frames"] == sum(c["frames"] for c in state.committed(2))
@@ -558,6 +558,11 @@ def test_flooding_explorers_record_the_gaussian_bias_of_their_round(tmp_path):
     np.testing.assert_allclose(record.bias_energy, terms.energy_of(record.latent.astype(float)), rtol=1e-4,
                                atol=1e-5)
     assert len(hills["heights"]) == 10 and min(hills["heights"]) >= 0.5 * np.log(2)  # every cell holds a frame
+    # the report's TRAM estimate with bootstrap errors (TRAM refitted on walkers drawn within the unbiased walkers
+    # and within the explorers; samples that do not converge as far as the full fit are left out)
+    estimate = write_report(campaign, tmp_path / "report", n_boot=4)["markov_estimate"]
+    assert estimate["method"].startswith("TRAM") and 2 <= estimate["n_bootstrap"] <= 4
+    assert estimate["timescales_se_ps"][0] > 0 and any(x is not None and x > 0 for x in estimate["stationary_se"])
     assert state.models[1]["n_frames"] == sum(x["frames"] for x in state.unbiased(1))
 
 

@@ -34,7 +34,7 @@ _EXPORTS = {
     "LatentBias": "forces", "latent_bias_force": "forces", "latent_cv_force": "forces",
     "latent_bias_variable": "forces", "latent_training_range": "forces", "DEFAULT_FORCE_GROUP": "forces",
     "ReweightResult": "reweight", "ReweightedProfile": "reweight", "mbar_weights": "reweight",
-    "tram_weights": "reweight", "reweighted_fes": "reweight", "run_labels": "reweight",
+    "tram_weights": "reweight", "reweighted_fes": "reweight", "tram_bootstrap": "reweight", "run_labels": "reweight",
     "LatentMetadynamics": "metadynamics",
 }
 
@@ -42,7 +42,7 @@ __all__ = ["DEFAULT_FORCE_GROUP", "FlatBottomWalls", "ForceBackend", "GaussianSu
            "LatentBias", "LatentBiasModule", "LatentTerm", "PythonForceBackend", "TorchForceBackend",
            "TorchForceModule", "choose_backend", "latent_bias_force", "latent_bias_variable", "latent_cv_force",
            "latent_training_range", "ReweightResult", "ReweightedProfile", "mbar_weights", "tram_weights",
-           "reweighted_fes", "run_labels", "LatentMetadynamics"]
+           "reweighted_fes", "tram_bootstrap", "run_labels", "LatentMetadynamics"]
 
 
 def __getattr__(name: str) -> Any:

@@ -30,6 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     rep = csub.add_parser("report", help="PNGs (coverage, discovery, timescales) and metrics.json")
     rep.add_argument("dir")
     rep.add_argument("--out", help="output folder (default DIR/report)")
+    rep.add_argument("--boot", type=int, default=20,
+                     help="bootstrap samples of the estimate's errors (default 20; with explorers one TRAM fit each)")
 
 
 def cmd_campaign(args: argparse.Namespace) -> int:
@@ -52,7 +54,9 @@ def cmd_campaign(args: argparse.Namespace) -> int:
     if action == "status":
         print(status_table(campaign))
         return 0
-    metrics = write_report(campaign, args.out)
+    if args.boot < 0:
+        raise LssError("--boot must be 0 or more")
+    metrics = write_report(campaign, args.out, n_boot=args.boot)
     out = args.out or campaign.dir / "report"
     print(f"lss campaign report: {', '.join(metrics['figures'])} and metrics.json in {out}")
     return 0

@@ -52,7 +52,9 @@ Errors: a bootstrap over walkers (whole walkers are resampled with
 replacement; fewer than 10 walkers are cut into pieces,
 :func:`lss_engine.kinetics._util.bootstrap_units`) re-estimates the MSM on the
 *same* clusters; standard errors are the standard deviation (ddof=1) of the
-bootstrap estimates.  Clustering uncertainty is not included.
+bootstrap estimates.  Clustering uncertainty is not included.  With
+explorers (:func:`tram_estimate`) each bootstrap sample draws the unbiased
+walkers among themselves and the explorers among themselves and refits TRAM.
 """
 from __future__ import annotations
 
@@ -208,6 +210,15 @@ def _padded_timescales(msm: MSM, k: int) -> np.ndarray:
     return out
 
 
+def _tram_msm(T: np.ndarray, states: np.ndarray, C: np.ndarray | None, n_states: int, lag: int, dt: float) -> MSM:
+    """An :class:`MSM` of TRAM's unbiased transition matrix (rows: Markov ``states``), on its largest connected set."""
+    keep = largest_connected_set((T > 0).astype(float), directed=True)
+    T = T[np.ix_(keep, keep)]
+    T = T / T.sum(axis=1, keepdims=True)  # a reversible T has no weight leaving its connected set: a no-op
+    C = np.zeros_like(T) if C is None else np.asarray(C, dtype=float)[np.ix_(keep, keep)]
+    return MSM(T, stationary_distribution(T), C, np.asarray(states)[keep], n_states, lag, dt, True)
+
+
 # ------------------------------------------------------------------------ result
 @dataclass
 class MarkovEstimate:
@@ -242,7 +253,11 @@ class MarkovEstimate:
     fes
         Free-energy profiles of the observables passed to :func:`markov_estimate`.
     bootstrap
-        The bootstrap MSMs (same clusters, walkers resampled).
+        The bootstrap MSMs (same clusters, walkers resampled): kinetics.
+    bootstrap_stationary
+        :math:`π` over all microstates of each bootstrap sample (the MSM's
+        own for :func:`markov_estimate`; from the sample's frame weights for
+        :func:`tram_estimate`): populations.
     """
 
     msm: MSM
@@ -259,6 +274,7 @@ class MarkovEstimate:
     dt: float
     fes: dict[str, FreeEnergyProfile] = field(default_factory=dict)
     bootstrap: list[MSM] = field(default_factory=list, repr=False)
+    bootstrap_stationary: list[np.ndarray] = field(default_factory=list, repr=False)
 
     # --------------------------------------------------------------- basics
     @property
@@ -320,12 +336,12 @@ class MarkovEstimate:
         return {name: float(w @ _as_masks(m, self.labels, name)) for name, m in masks.items()}
 
     def populations_se(self, masks: Mapping[str, PerTrajectory]) -> dict[str, float]:
-        """Bootstrap standard errors of :meth:`populations` (NaN without bootstrap)."""
+        r"""Bootstrap standard errors of :meth:`populations`: spread of :math:`\sum_i π^{(b)}_i f_i(A)` (NaN without bootstrap)."""
         out = {}
         for name, m in masks.items():
-            f = set_fractions(self.labels, m, self.n_clusters)
-            samples = np.array([b.full_stationary_distribution() @ f for b in self.bootstrap])
-            out[name] = float(_boot_se(samples)) if self.bootstrap else float("nan")
+            f = set_fractions(self.labels, m, self.n_clusters, self.weights)
+            samples = np.array([p @ f for p in self.bootstrap_stationary])
+            out[name] = float(_boot_se(samples)) if self.bootstrap_stationary else float("nan")
         return out
 
     def _sets(self, source: PerTrajectory, target: PerTrajectory) -> tuple[np.ndarray, np.ndarray]:
@@ -449,12 +465,12 @@ def markov_estimate(latent: list[np.ndarray], lag: int, dt: float, *, n_clusters
     ts = _padded_timescales(msm, int(n_timescales))
     ts_se = _boot_se(np.array([_padded_timescales(b, int(n_timescales)) for b in boots])) \
         if boots else np.full(int(n_timescales), np.nan)
-    pi_se = _boot_se(np.array([b.full_stationary_distribution() for b in boots])) \
-        if boots else np.full(k, np.nan)
+    boot_pi = [b.full_stationary_distribution() for b in boots]
+    pi_se = _boot_se(np.array(boot_pi)) if boot_pi else np.full(k, np.nan)
     est = MarkovEstimate(
         msm=msm, clustering=clustering, labels=labels, weights=frame_weights(labels, pi),
         timescales_ps=ts, timescales_se_ps=ts_se, stationary=pi, stationary_se=pi_se,
-        active_set=msm.active_set.copy(), lag=lag, dt=dt, bootstrap=boots,
+        active_set=msm.active_set.copy(), lag=lag, dt=dt, bootstrap=boots, bootstrap_stationary=boot_pi,
         method=f"reversible MSM on {k} latent clusters, lag {lag} frames ({lag * dt:g} ps)")
     for name, values in (observables or {}).items():
         est.fes[name] = est.free_energy(values, fes_bins)
@@ -462,7 +478,8 @@ def markov_estimate(latent: list[np.ndarray], lag: int, dt: float, *, n_clusters
 
 
 def tram_estimate(latent: list[np.ndarray], bias_kn: np.ndarray, run_of_frame: np.ndarray, lag: int, dt: float, *,
-                  kT: float, n_clusters: int = 100, seed: int = 0, n_timescales: int = 5) -> MarkovEstimate:
+                  kT: float, n_clusters: int = 100, seed: int = 0, n_timescales: int = 5,
+                  n_boot: int = 20) -> MarkovEstimate:
     r"""Multi-ensemble estimate: TRAM over unbiased walkers and biased explorers, on latent clusters.
 
     Explorers sample under static biases :math:`b_k(x)` (their frames are
@@ -505,10 +522,16 @@ def tram_estimate(latent: list[np.ndarray], bias_kn: np.ndarray, run_of_frame: n
     kT
         :math:`k_BT` in kJ/mol.
     n_clusters, seed, n_timescales
-        As in :func:`markov_estimate`.  No bootstrap: the ``*_se`` attributes are NaN.
+        As in :func:`markov_estimate`.
+    n_boot
+        Bootstrap samples (0: no errors): whole walkers drawn with
+        replacement, unbiased among unbiased and explorers among explorers,
+        and TRAM refitted on each (:func:`lss_engine.bias.tram_bootstrap`);
+        kinetics from each sample's unbiased transition matrix, populations
+        from its frame weights.  Each costs one TRAM fit.
         A TRAM fit that did not converge says so in ``method`` (and warns).
     """
-    from ..bias import tram_weights
+    from ..bias import tram_bootstrap, tram_weights
 
     X = as_trajectories(list(latent), dtype=float, ndim=2, name="latent")
     lengths = [len(x) for x in X]
@@ -519,23 +542,25 @@ def tram_estimate(latent: list[np.ndarray], bias_kn: np.ndarray, run_of_frame: n
     result = tram_weights(bias_kn, run_of_frame, pooled, kT=kT, lag=int(lag), trajectory_lengths=lengths)
     if result.unbiased_transition_matrix is None:
         raise LssError("tram_estimate needs one unbiased ensemble (a row of bias_kn that is all zero)")
-    T, states = result.unbiased_transition_matrix, result.unbiased_markov_states
-    keep = largest_connected_set((T > 0).astype(float), directed=True)
-    T = T[np.ix_(keep, keep)]
-    T = T / T.sum(axis=1, keepdims=True)  # a reversible T has no weight leaving its connected set: a no-op
     splits = np.cumsum(lengths)[:-1]
     labels = np.split(pooled, splits)
     unbiased = [lab for lab, r in zip(labels, np.split(result.run_of_frame, splits)) if r[0] == result.unbiased_run]
     C = count_matrix([u for u in unbiased if len(u) > lag], int(lag), n_states=k) if unbiased else np.zeros((k, k))
-    active = states[keep]
-    msm = MSM(T, stationary_distribution(T), C[np.ix_(active, active)], active, k, int(lag), dt, True)
+    states = result.unbiased_markov_states
+    msm = _tram_msm(result.unbiased_transition_matrix, states, C[np.ix_(states, states)], k, int(lag), dt)
     w = np.asarray(result.weights, dtype=float)
-    weights = np.split(w, splits)
     pi = np.bincount(pooled, weights=w, minlength=k)
+    replicates = [r for r in tram_bootstrap(result, int(n_boot), seed=seed) if r[1] is not None]
+    boots = [_tram_msm(Tb, sb, Cb, k, int(lag), dt) for _, Tb, sb, Cb in replicates]
+    boot_pi = [np.bincount(pooled, weights=wb, minlength=k) for wb, *_ in replicates]
+    n_ts = int(n_timescales)
     return MarkovEstimate(
-        msm=msm, clustering=clustering, labels=labels, weights=weights,
-        timescales_ps=_padded_timescales(msm, int(n_timescales)), timescales_se_ps=np.full(int(n_timescales), np.nan),
-        stationary=pi, stationary_se=np.full(k, np.nan), active_set=active.copy(), lag=int(lag), dt=dt,
+        msm=msm, clustering=clustering, labels=labels, weights=np.split(w, splits),
+        timescales_ps=_padded_timescales(msm, n_ts),
+        timescales_se_ps=_boot_se(np.array([_padded_timescales(b, n_ts) for b in boots])) if boots
+        else np.full(n_ts, np.nan),
+        stationary=pi, stationary_se=_boot_se(np.array(boot_pi)) if boot_pi else np.full(k, np.nan),
+        active_set=msm.active_set.copy(), lag=int(lag), dt=dt, bootstrap=boots, bootstrap_stationary=boot_pi,
         method=(f"TRAM on {k} latent clusters over {result.n_runs} ensembles (unbiased walkers + "
                 f"{result.n_runs - 1} biased explorers), lag {int(lag)} frames ({int(lag) * dt:g} ps); kinetics: "
                 f"TRAM's unbiased transition matrix"
@@ -544,7 +569,7 @@ def tram_estimate(latent: list[np.ndarray], bias_kn: np.ndarray, run_of_frame: n
 
 
 def campaign_estimate(campaign: Any, *, n_clusters: int = 100, seed: int | None = None,
-                      model_round: int | None = None) -> tuple[MarkovEstimate, list[dict]]:
+                      model_round: int | None = None, n_boot: int = 20) -> tuple[MarkovEstimate, list[dict]]:
     """The equilibrium estimate of a campaign from its final (or ``model_round``'s) model.
 
     Without explorers: :func:`markov_estimate` (reversible MSM) over the
@@ -552,7 +577,8 @@ def campaign_estimate(campaign: Any, *, n_clusters: int = 100, seed: int | None 
     committed walker, each explorer its own ensemble
     (:meth:`~lss_engine.campaign.driver.Campaign.bias_energies`).  Returns
     the estimate and the committed walker records, one per trajectory of
-    ``estimate.labels`` (in that order); ``estimate.method`` says which.
+    ``estimate.labels`` (in that order); ``estimate.method`` says which.  ``n_boot``: bootstrap
+    samples of the errors (0: none; with explorers each costs one TRAM fit).
     """
     from openmm import unit
 
@@ -568,9 +594,9 @@ def campaign_estimate(campaign: Any, *, n_clusters: int = 100, seed: int | None 
     n = min(int(n_clusters), sum(len(z) for z in latent))
     if not biased:
         return markov_estimate(latent, encoder.lag_frames, encoder.frame_interval_ps, n_clusters=n,
-                               seed=seed), walkers
+                               seed=seed, n_boot=n_boot), walkers
     bias_kn, run_of_frame, _ = campaign.bias_energies(walkers)
     kT = (unit.MOLAR_GAS_CONSTANT_R * campaign.resolved["temperature_K"] * unit.kelvin).value_in_unit(
         unit.kilojoule_per_mole)
     return tram_estimate(latent, bias_kn, run_of_frame, encoder.lag_frames, encoder.frame_interval_ps, kT=kT,
-                         n_clusters=n, seed=seed), walkers
+                         n_clusters=n, seed=seed, n_boot=n_boot), walkers

@@ -78,13 +78,15 @@ def status_table(campaign: Any) -> str:
     return "\n".join(text)
 
 
-def write_report(campaign: Any, out: str | Path | None = None, *, n_clusters: int = 50) -> dict:
+def write_report(campaign: Any, out: str | Path | None = None, *, n_clusters: int = 50, n_boot: int = 20) -> dict:
     """PNGs (latent coverage per round, discovered cells vs MD ns, timescales vs round) and ``metrics.json``.
 
     The final model's Markovian estimate (:func:`.estimates.campaign_estimate`:
     a reversible MSM on ``n_clusters`` latent clusters of the unbiased
     walkers, or TRAM over them and the explorers) gives the equilibrium
-    numbers in the metrics (``markov_estimate``; its ``method`` says which).
+    numbers in the metrics (``markov_estimate``; its ``method`` says which),
+    with ``n_boot`` bootstrap samples for their errors (with explorers each
+    is a TRAM fit).
     """
     import matplotlib
 
@@ -145,7 +147,7 @@ def write_report(campaign: Any, out: str | Path | None = None, *, n_clusters: in
     from .estimates import campaign_estimate
 
     # the Markovian model: the unbiased walkers' MSM, or TRAM over them and the explorers (each its own ensemble)
-    estimate, walkers = campaign_estimate(campaign, n_clusters=n_clusters, model_round=last)
+    estimate, walkers = campaign_estimate(campaign, n_clusters=n_clusters, model_round=last, n_boot=n_boot)
     metrics["markov_estimate"] = estimate.to_dict()
     position = {c["folder"]: i for i, c in enumerate(committed)}
     latent = [latent[position[c["folder"]]] for c in walkers]

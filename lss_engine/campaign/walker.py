@@ -36,7 +36,10 @@ Warm Contexts: each worker process keeps one ``Simulation`` per system
 (keyed by :func:`lss_engine.systems.system_key`), so walkers of a tiny system
 do not pay the system build and Context creation each time.  Each task reseeds
 the integrator (``setRandomNumberSeed`` + ``Context.reinitialize``), so a
-walker's noise depends on its own seed only, warm or cold.
+walker's noise depends on its own seed only, warm or cold.  The integrator's
+seed is :func:`lss_engine.systems.integrator_seed` of the velocity seed: with
+the same seed for both, OpenMM's Reference platform makes the first step's
+noise equal to the velocities' draw (a heat pulse at every restart).
 """
 from __future__ import annotations
 
@@ -249,6 +252,7 @@ def run_walker(task: dict) -> dict:
 
     from .._helpers import configure_threads
     from ..features import featurizer_from_spec
+    from ..systems import integrator_seed
     from ..md import run_md
     from ..reporters import LatentReporter, ZarrReporter
 
@@ -267,7 +271,7 @@ def run_walker(task: dict) -> dict:
     seed = int(task["velocity_seed"])
     positions, box, velocities = _seed_state(task["seed_frame"])
     context, integrator = simulation.context, simulation.integrator
-    integrator.setRandomNumberSeed(seed)
+    integrator.setRandomNumberSeed(integrator_seed(seed))  # noise independent of the velocities' draw
     context.reinitialize()  # applies the seed: the walker's noise depends on its seed alone
     if handle is not None and "centre" in bias:  # after reinitialize, which resets global parameters
         handle.set_centre(context, bias["centre"])
