@@ -477,14 +477,14 @@ def _tram_fit(u: np.ndarray, runs: np.ndarray, dtraj: np.ndarray, pieces: list[n
                                               connectivity=connectivity, count_mode=count_mode)
         if states is not None:
             ds.restrict_to_submodel(np.asarray(states))
-        C = np.asarray(ds.transition_counts, dtype=float)
-        with np.errstate(divide="ignore"):
-            lagrangians = np.log(0.5 * (C.sum(axis=2) + C.sum(axis=1)))
         if start is not None:
             conf, lagrangians = (np.asarray(a, dtype=float) for a in (start.biased_conf_energies,
                                                                      start.lagrangian_mult_log))
         else:
             conf = np.repeat(np.asarray(f_init, dtype=float)[:, None], n_markov, axis=1)
+            C = np.asarray(ds.transition_counts, dtype=float)
+            with np.errstate(divide="ignore"):
+                lagrangians = np.log(0.5 * (C.sum(axis=2) + C.sum(axis=1)))
         initial = TRAMModel(count_models=[], transition_matrices=None, biased_conf_energies=conf,
                             lagrangian_mult_log=lagrangians, modified_state_counts_log=np.zeros_like(lagrangians))
         est = TRAM(lagtime=lag, count_mode=count_mode, maxiter=maxiter, maxerr=tol, callback_interval=1)

@@ -550,7 +550,7 @@ def tram_estimate(latent: list[np.ndarray], bias_kn: np.ndarray, run_of_frame: n
     msm = _tram_msm(result.unbiased_transition_matrix, states, C[np.ix_(states, states)], k, int(lag), dt)
     w = np.asarray(result.weights, dtype=float)
     pi = np.bincount(pooled, weights=w, minlength=k)
-    replicates = [r for r in tram_bootstrap(result, int(n_boot), seed=seed) if r[1] is not None]
+    replicates = tram_bootstrap(result, int(n_boot), seed=seed)  # each has T0: the unbiased run exists
     boots = [_tram_msm(Tb, sb, Cb, k, int(lag), dt) for _, Tb, sb, Cb in replicates]
     boot_pi = [np.bincount(pooled, weights=wb, minlength=k) for wb, *_ in replicates]
     n_ts = int(n_timescales)
