@@ -40,11 +40,21 @@ unbiased walkers whose first frame is in C7ax, how many reach C7eq within the
 walker, against how many equilibrium frames of the same 24 × 24 (φ, ψ) cells
 of the reference do within as many frames.
 
+The shared reference has 36 passages each way (its MFPTs' exact 95 %
+intervals are printed); ``--more-reference STORE ...`` pools more long MD
+of its set-up (``lss simulate --system alanine-dipeptide --temperature 450
+--ns 250 --features backbone-torsions --save-atoms none --equilibrate 100ps
+--seed 303 --walkers 2 --out runs/ala2_450K_ref/md.zarr``) into a second,
+tighter reference, and every error is also given against it.
+``--rescore RESULTS_JSON`` scores an earlier run's estimates again (no MD,
+no estimates), e.g. against such a pooled reference.
+
 Run:  OMP_NUM_THREADS=1 python benchmarks/adaptive_equilibrium_ala2.py --seeds 3 --budget-ns 8 --workdir runs/adaptive_eq
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -192,7 +202,7 @@ def seed_exits(directory: Path, quartet: np.ndarray, table: np.ndarray, cells: i
     from lss_engine.systems import ALANINE_PSI_INDICES
 
     campaign = Campaign(directory)
-    observed, expected, walkers, untested = 0, 0.0, 0, 0
+    observed, expected, variance, walkers, untested = 0, 0.0, 0.0, 0, 0
     for c in campaign.state.unbiased():
         if c["round"] == 0:
             continue
@@ -208,13 +218,40 @@ def seed_exits(directory: Path, quartet: np.ndarray, table: np.ndarray, cells: i
         walkers += 1
         observed += int(C7EQ(phi[1:]).any())
         expected += float(p)
-    return {"walkers": walkers, "reached_C7eq": observed, "expected": expected, "cells_without_reference": untested}
+        variance += float(p * (1.0 - p))  # of the count if the walkers were equilibrium frames (Poisson-binomial)
+    return {"walkers": walkers, "reached_C7eq": observed, "expected": expected, "variance": variance,
+            "cells_without_reference": untested}
+
+
+def reference_summary(phi_psi: list) -> dict:
+    """A long-MD reference from (φ, ψ) trajectories (one frame per ps): FES(φ), cored MFPTs and ΔF.
+
+    MFPTs, their exact 95 % intervals and the slowest timescale from
+    :func:`lss_engine.pipeline.torsion_kinetics` (the rule of ``ala2_450K_reference.json``).
+    """
+    from lss_engine.kinetics import free_energy_1d
+    from lss_engine.pipeline import torsion_kinetics
+
+    phi = [np.asarray(x, dtype=float)[:, 0] for x in phi_psi]
+    kinetics = torsion_kinetics(phi, [np.asarray(x, dtype=float)[:, 1] for x in phi_psi], dt=1.0)
+    allphi = np.concatenate(phi)
+    return {"fes": free_energy_1d(phi, bins=EDGES), "ns": kinetics["time_ns"],
+            "mfpt_ns": {k: v["mean"] / 1000.0 for k, v in kinetics["mfpt_ps"].items()},
+            "mfpt_ci95_ns": {k: [c / 1000.0 for c in v["ci95"]] for k, v in kinetics["mfpt_ps"].items()},
+            "transitions": {k: v["n"] for k, v in kinetics["mfpt_ps"].items()},
+            "slowest_timescale_ps": kinetics["slowest_timescale_ps"],
+            "dF_kT": float(-np.log(C7AX(allphi).mean() / C7EQ(allphi).mean()))}  # F(C7ax) − F(C7eq), kT
 
 
 def delta_f(populations: dict) -> float:
     """ΔF = −ln(P(C7ax)/P(C7eq)) in kT; infinite when either core is outside the estimate (an infinite error)."""
     ax, eq = populations["C7ax"], populations["C7eq"]
     return float(-np.log(ax / eq)) if ax > 0 and eq > 0 else float("inf")
+
+
+def as_number(value, missing: float = float("nan")) -> float:
+    """A stored number (None once through JSON) as a float."""
+    return missing if value is None else float(value)
 
 
 def as_profile(values: list) -> np.ndarray:
@@ -245,47 +282,88 @@ def main() -> None:
                         help="bootstrap samples of the estimates' errors (MFPT ± SE; with explorers one TRAM fit each)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--workdir", default="runs/adaptive_eq")
+    parser.add_argument("--rescore", metavar="RESULTS_JSON",
+                        help="score the estimates of an earlier run's results.json again (no MD, no estimates)")
+    parser.add_argument("--more-reference", nargs="*", default=[], metavar="STORE",
+                        help="stores of more long MD of the reference's set-up (lss simulate --system "
+                             "alanine-dipeptide --temperature 450 --features backbone-torsions ...), pooled with the "
+                             "shared reference into a second, tighter one; the errors against it are printed too")
     args = parser.parse_args()
 
     from lss_engine.campaign.executors import ProcessPoolExecutor
-    from lss_engine.kinetics import fes_rmse, free_energy_1d
+    from lss_engine.kinetics import fes_rmse
 
-    reference_phi = [np.load(f)[:, 0] for f in sorted(REFERENCE.glob("phi_psi_seed*.npy"))]
-    ref_fes = free_energy_1d(reference_phi, bins=EDGES)
-    ref_mfpt = json.loads((Path(__file__).resolve().parents[1] / "lss_engine" / "resources" /
-                           "ala2_450K_reference.json").read_text())["mfpt_ns"]
-    ref_all = np.concatenate(reference_phi)
-    ref_dF = float(-np.log(C7AX(ref_all).mean() / C7EQ(ref_all).mean()))  # F(C7ax) − F(C7eq), kT
+    reference = [np.load(f) for f in sorted(REFERENCE.glob("phi_psi_seed*.npy"))]
+    shared = reference_summary(reference)
+    ref_fes, ref_mfpt, ref_dF = shared["fes"], shared["mfpt_ns"], shared["dF_kT"]
+    stored = json.loads((Path(__file__).resolve().parents[1] / "lss_engine" / "resources" /
+                         "ala2_450K_reference.json").read_text())["mfpt_ns"]
+    if any(abs(ref_mfpt[k] - v) > 0.01 * v for k, v in stored.items()):  # the JSON rounds to 3 digits
+        raise SystemExit(f"the shared reference's MFPTs {ref_mfpt} differ from ala2_450K_reference.json's {stored}")
+    references = {"shared": shared}
+    if args.more_reference:
+        from lss_engine.store import TrajectoryStore
+
+        more = [TrajectoryStore(p).features()[:, :2] for p in args.more_reference]  # φ, ψ (backbone-torsions)
+        references["pooled"] = reference_summary(reference + more)
+    for name, ref in references.items():
+        print(f"reference {name} ({ref['ns']:g} ns): " + ", ".join(
+            f"MFPT {k.replace('->', '→')} {v:.3g} ns [{ref['mfpt_ci95_ns'][k][0]:.3g}, "
+            f"{ref['mfpt_ci95_ns'][k][1]:.3g}] (n={ref['transitions'][k]})" for k, v in ref["mfpt_ns"].items())
+              + f"; ΔF(C7ax−C7eq) {ref['dF_kT']:.2f} kT; slowest timescale {ref['slowest_timescale_ps']:.0f} ps",
+              flush=True)
     quartet = phi_indices()
     rows, t0 = [], time.perf_counter()
-    table = reach_table([np.load(f) for f in sorted(REFERENCE.glob("phi_psi_seed*.npy"))],
-                        int(round(args.walker_ps)) - 1)  # frames 1 ps apart; a walker's first frame is at 1 ps
+    table = reach_table(reference, int(round(args.walker_ps)) - 1)  # frames 1 ps apart; a walker's first at 1 ps
 
-    def score(result: dict) -> dict:
-        """Errors of one estimate against the reference."""
-        populated = np.isfinite(result["fes"].free_energy) & np.isfinite(ref_fes.free_energy)
-        dF = delta_f(result["populations"])
-        return {"fes_rmse_kT": float(fes_rmse(result["fes"], ref_fes, populated)),
-                "bins_compared": int(populated.sum()), "mfpt_ns": result["mfpt_ns"],
-                "mfpt_se_ns": result["mfpt_se_ns"],
-                "mfpt_log_error": {k: float(abs(np.log(v / ref_mfpt[k]))) if v and np.isfinite(v) else float("inf")
-                                   for k, v in result["mfpt_ns"].items()},
-                "dF_kT": dF, "dF_error_kT": abs(dF - ref_dF), "fes_kT": result["fes"].free_energy.tolist(),
-                "method": result["method"]}
+    def score(values: dict, ref: dict = shared) -> dict:
+        """Errors of one estimate (``values_of``, or a row of a results file) against a reference."""
+        fes = as_profile(values["fes_kT"])
+        populated = np.isfinite(fes) & np.isfinite(ref["fes"].free_energy)
+        mfpt = {k: as_number(v) for k, v in values["mfpt_ns"].items()}
+        dF = as_number(values["dF_kT"], float("inf"))
+        return {"fes_rmse_kT": float(fes_rmse(fes, ref["fes"], populated)),
+                "bins_compared": int(populated.sum()), "mfpt_ns": mfpt,
+                "mfpt_se_ns": {k: as_number((values.get("mfpt_se_ns") or {}).get(k)) for k in mfpt},  # older: none
+                "mfpt_log_error": {k: float(abs(np.log(v / ref["mfpt_ns"][k]))) if v and np.isfinite(v)
+                                   else float("inf") for k, v in mfpt.items()},
+                "dF_kT": dF, "dF_error_kT": abs(dF - ref["dF_kT"]), "fes_kT": fes.tolist(),
+                "method": values["method"]}
+
+    def values_of(result: dict) -> dict:
+        """What ``score`` needs of an estimate (``estimate``)."""
+        return {"fes_kT": result["fes"].free_energy, "dF_kT": delta_f(result["populations"]),
+                "mfpt_ns": result["mfpt_ns"], "mfpt_se_ns": result["mfpt_se_ns"], "method": result["method"]}
 
     def line(row: dict) -> str:
         m, se = row["mfpt_ns"], row["mfpt_se_ns"]
-        err = {k: f" ± {se[k]:.2g}" if np.isfinite(se[k]) else "" for k in m}  # bootstrap SE (--boot)
+        err = {k: "" if np.isnan(se[k]) else f" ± {se[k]:.2g}" for k in m}  # bootstrap SE (--boot; inf: unbounded)
         return (f"FES(φ) RMSE {row['fes_rmse_kT']:.2f} kT ({row['bins_compared']} bins), MFPT C7eq→C7ax "
                 f"{m['C7eq->C7ax']:.3g}{err['C7eq->C7ax']} ns, C7ax→C7eq {m['C7ax->C7eq']:.3g}{err['C7ax->C7eq']} "
                 f"ns, ΔF(C7ax−C7eq) {row['dF_kT']:.2f} kT")
 
-    with ProcessPoolExecutor(args.workers) as pool:
-        for seed in range(args.seeds):
+    if args.rescore:  # the estimates of an earlier run, scored again (e.g. against a pooled reference)
+        earlier = json.loads(Path(args.rescore).read_text())
+        rows, args.budget_ns = earlier["rows"], earlier["args"]["budget_ns"]
+        for row in rows:
+            row.update(score(row))
+            directory = Path(earlier["args"]["workdir"]) / row["kind"] / f"seed{row['seed']}"
+            if row["kind"] == "campaign" and directory.is_dir():  # the seeds' diagnostic, recomputed (cheap)
+                row["seed_exits"] = seed_exits(directory, quartet, table)
+            if "unbiased_msm" in row:
+                row["unbiased_msm"] = score(row["unbiased_msm"])
+            if "pooled" in references:
+                row["pooled_reference"] = score(row, references["pooled"])
+            print(f"seed {row['seed']} {row['kind']:8s}: {row['md_ns']:.2f} ns MD, {line(row)}", flush=True)
+        args.seeds = 1 + max(r["seed"] for r in rows)
+    with contextlib.nullcontext() if args.rescore else ProcessPoolExecutor(args.workers) as pool:
+        for seed in range(0 if args.rescore else args.seeds):
             for kind in ("campaign", "plain"):
                 result = estimate(run(kind, seed, args, pool), quartet, args.clusters, seed, args.boot)
                 row = {"seed": seed, "kind": kind, "md_ns": result["md_ns"], "rounds": result["rounds"],
-                       **score(result)}
+                       **score(values_of(result))}
+                if "pooled" in references:
+                    row["pooled_reference"] = score(values_of(result), references["pooled"])
                 if kind == "campaign":
                     row["seed_exits"] = seed_exits(Path(args.workdir) / kind / f"seed{seed}", quartet, table)
                     e = row["seed_exits"]
@@ -294,14 +372,14 @@ def main() -> None:
                           f"{e['expected']:.1f} ({e['cells_without_reference']} in cells the reference "
                           f"hardly visits)", flush=True)
                 if "unbiased_msm" in result:
-                    row["unbiased_msm"] = score(result["unbiased_msm"])
+                    row["unbiased_msm"] = score(values_of(result["unbiased_msm"]))
                     print(f"seed {seed} {kind:8s}: unbiased walkers' MSM alone: {line(row['unbiased_msm'])}",
                           flush=True)
                 rows.append(row)
                 print(f"seed {seed} {kind:8s}: {row['md_ns']:.2f} ns MD, {line(row)} "
                       f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    print(f"\nalanine dipeptide 450 K, {args.budget_ns:g} ns of total MD each; reference 2 × 250 ns: MFPT "
-          f"C7eq→C7ax {ref_mfpt['C7eq->C7ax']} ns, C7ax→C7eq {ref_mfpt['C7ax->C7eq']} ns, ΔF(C7ax−C7eq) "
+    print(f"\nalanine dipeptide 450 K, {args.budget_ns:g} ns of total MD each; shared reference 2 × 250 ns: MFPT "
+          f"C7eq→C7ax {ref_mfpt['C7eq->C7ax']:.3g} ns, C7ax→C7eq {ref_mfpt['C7ax->C7eq']:.3g} ns, ΔF(C7ax−C7eq) "
           f"{ref_dF:.2f} kT")
 
     def medians(label: str, sel: list) -> None:  # a seed without an estimate counts as an infinite error
@@ -314,12 +392,19 @@ def main() -> None:
     for kind in ("campaign", "plain"):
         medians(kind, [r for r in rows if r["kind"] == kind])
     exits = [r["seed_exits"] for r in rows if "seed_exits" in r]
-    print(f"  restarted walkers starting in C7ax, all seeds: {sum(e['reached_C7eq'] for e in exits)} of "
-          f"{sum(e['walkers'] for e in exits)} reach C7eq; equilibrium frames of their (φ, ψ) cells: "
-          f"{sum(e['expected'] for e in exits):.1f}")
+    if exits:
+        observed, expected = sum(e["reached_C7eq"] for e in exits), sum(e["expected"] for e in exits)
+        sd = np.sqrt(sum(e.get("variance", np.nan) for e in exits))
+        print(f"  restarted walkers starting in C7ax, all seeds: {observed} of {sum(e['walkers'] for e in exits)} "
+              f"reach C7eq; equilibrium frames of their (φ, ψ) cells: {expected:.1f} ± {sd:.1f} "
+              f"(z = {(observed - expected) / sd:.1f})")
     alone = [r["unbiased_msm"] for r in rows if "unbiased_msm" in r]
     if alone:
         medians("campaign, unbiased walkers' MSM alone", alone)
+    if "pooled" in references:
+        print(f"  against the pooled reference ({references['pooled']['ns']:g} ns):")
+        for kind in ("campaign", "plain"):
+            medians(kind, [r["pooled_reference"] for r in rows if r["kind"] == kind])
     # the same bins for both: those populated in the reference and in both estimates of a seed
     print("  FES(φ) RMSE over the bins populated in the reference, the campaign's and the plain estimate of a seed:")
     for seed in range(args.seeds):
@@ -329,8 +414,10 @@ def main() -> None:
               f"{fes_rmse(b, ref_fes, common):.2f} kT")
     from lss_engine._helpers import jsonable
 
-    (Path(args.workdir) / "results.json").write_text(json.dumps(jsonable({"args": vars(args), "rows": rows}),
-                                                                indent=1, allow_nan=False))
+    summaries = {name: {k: v for k, v in ref.items() if k != "fes"} for name, ref in references.items()}
+    out = Path(args.workdir) / ("rescored.json" if args.rescore else "results.json")
+    out.write_text(json.dumps(jsonable({"args": vars(args), "rows": rows, "references": summaries}), indent=1,
+                              allow_nan=False))
 
 
 if __name__ == "__main__":

@@ -179,6 +179,25 @@ def test_estimate_identities_and_errors():
     json.dumps(est.to_dict(), allow_nan=False)
 
 
+def test_mfpt_se_is_infinite_when_bootstrap_samples_lose_the_path():
+    """Two walkers of 400 frames hopping between states 0 and 1; one excursion to state 2 (frames 100-104 of
+    the first).  With fewer than 10 walkers the bootstrap draws 10 pieces of 80 frames; the piece holding the
+    excursion is missing from a sample with probability 0.9^10 ≈ 0.35, so among 20 samples some lose state 2
+    (all keep it with probability 0.65^20 ≈ 2e-4; the seed is fixed).  In those samples there is no path to
+    state 2: the SE of the MFPT into it is infinite, not the spread of the samples that kept the one
+    excursion (which only rescale its counts).  MFPT 0 → 1, present in every sample, keeps a finite SE."""
+    rng = np.random.default_rng(11)
+    hop = np.array([[0.9, 0.1], [0.1, 0.9]])
+    dtrajs = [sample_walkers(hop, 1, 400, start=0, seed=s)[0] for s in (12, 13)]
+    dtrajs[0][100:105] = 2
+    latent = [d[:, None] + 0.01 * rng.standard_normal((len(d), 1)) for d in dtrajs]
+    est = markov_estimate(latent, 1, 1.0, n_clusters=3, seed=0, n_boot=20)
+    into2 = ([d <= 1 for d in dtrajs], [d == 2 for d in dtrajs])
+    assert np.isfinite(est.mfpt(*into2)) and est.mfpt_se(*into2) == np.inf
+    zero_one = ([d == 0 for d in dtrajs], [d == 1 for d in dtrajs])
+    assert 0 < est.mfpt_se(*zero_one) < np.inf
+
+
 # --------------------------------------------------------- OpenMM four-well
 FOUR_WELL_LEFT = -0.739   # leftmost minimum (see lss_engine.systems.four_well)
 

@@ -368,14 +368,22 @@ class MarkovEstimate:
         return self.msm.mfpt(a, b)
 
     def mfpt_se(self, source: PerTrajectory, target: PerTrajectory) -> float:
-        """Bootstrap standard error of :meth:`mfpt` (same microstate sets; NaN without bootstrap)."""
+        """Bootstrap standard error of :meth:`mfpt` (same microstate sets; NaN without bootstrap).
+
+        Infinite when a bootstrap sample loses every source or every target
+        microstate from its connected set: that resample has no path, its
+        MFPT is unbounded, and the data hold too few transitions to bound
+        the estimate.  (Leaving such samples out would report the spread of
+        the samples that happen to keep the path: with the few walkers cut
+        into pieces that carry the only transitions, nearly zero.)
+        """
         a, b = self._sets(source, target)
         samples = []
         for msm in self.bootstrap:
             try:
                 samples.append(msm.mfpt(a, b))
-            except LssError:
-                samples.append(np.nan)
+            except LssError:  # no source or no target state in this sample's connected set
+                return float("inf")
         return float(_boot_se(np.array(samples))) if samples else float("nan")
 
     def to_dict(self) -> dict:
