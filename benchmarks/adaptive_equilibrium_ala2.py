@@ -249,6 +249,19 @@ def delta_f(populations: dict) -> float:
     return float(-np.log(ax / eq)) if ax > 0 and eq > 0 else float("inf")
 
 
+def paired_median_difference(a, b, n_boot: int = 4000, seed: int = 0) -> tuple[float, float, float]:
+    """median(a) − median(b) of per-seed errors, with a 95 % bootstrap interval that draws seeds (pairs) with
+    replacement; an infinite error (no estimate) stays infinite, a sample whose difference is undefined is left
+    out."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), (n_boot, len(a)))
+    with np.errstate(invalid="ignore"):
+        d = np.median(a[idx], axis=1) - np.median(b[idx], axis=1)
+        lo, hi = np.nanpercentile(d, [2.5, 97.5])
+        return float(np.median(a) - np.median(b)), float(lo), float(hi)
+
+
 def as_number(value, missing: float = float("nan")) -> float:
     """A stored number (None once through JSON) as a float."""
     return missing if value is None else float(value)
@@ -389,8 +402,22 @@ def main() -> None:
               f"{np.median([r['mfpt_log_error']['C7ax->C7eq'] for r in sel]):.3g}; |ΔF error| "
               f"{np.median([r['dF_error_kT'] for r in sel]):.3g} kT")
 
+    def differences(sel_campaign: list, sel_plain: list) -> None:
+        metrics = {"FES(φ) RMSE": lambda r: r["fes_rmse_kT"],
+                   "|ln MFPT error| C7eq→C7ax": lambda r: r["mfpt_log_error"]["C7eq->C7ax"],
+                   "C7ax→C7eq": lambda r: r["mfpt_log_error"]["C7ax->C7eq"],
+                   "|ΔF error|": lambda r: r["dF_error_kT"]}
+        parts = []
+        for name, get in metrics.items():
+            d, lo, hi = paired_median_difference([get(r) for r in sel_campaign], [get(r) for r in sel_plain])
+            parts.append(f"{name} {d:+.3g} [{lo:+.3g}, {hi:+.3g}]")
+        print("  campaign − plain, difference of the medians [95 % interval, seeds drawn with replacement]: "
+              + "; ".join(parts))
+
+    by_seed = lambda sel: sorted(sel, key=lambda r: r["seed"])  # noqa: E731  (pairs line up by seed)
     for kind in ("campaign", "plain"):
         medians(kind, [r for r in rows if r["kind"] == kind])
+    differences(*[[r for r in by_seed(rows) if r["kind"] == kind] for kind in ("campaign", "plain")])
     exits = [r["seed_exits"] for r in rows if "seed_exits" in r]
     if exits:
         observed, expected = sum(e["reached_C7eq"] for e in exits), sum(e["expected"] for e in exits)
@@ -405,13 +432,21 @@ def main() -> None:
         print(f"  against the pooled reference ({references['pooled']['ns']:g} ns):")
         for kind in ("campaign", "plain"):
             medians(kind, [r["pooled_reference"] for r in rows if r["kind"] == kind])
+        differences(*[[r["pooled_reference"] for r in by_seed(rows) if r["kind"] == kind]
+                      for kind in ("campaign", "plain")])
     # the same bins for both: those populated in the reference and in both estimates of a seed
     print("  FES(φ) RMSE over the bins populated in the reference, the campaign's and the plain estimate of a seed:")
+    common_rmse = []
     for seed in range(args.seeds):
-        a, b = [as_profile(r["fes_kT"]) for r in rows if r["seed"] == seed]
+        a, b = [as_profile(r["fes_kT"]) for r in by_seed(rows) if r["seed"] == seed]  # campaign, plain
         common = np.isfinite(a) & np.isfinite(b) & np.isfinite(ref_fes.free_energy)
-        print(f"    seed {seed}: {int(common.sum())} bins; campaign {fes_rmse(a, ref_fes, common):.2f} kT, plain "
-              f"{fes_rmse(b, ref_fes, common):.2f} kT")
+        common_rmse.append((fes_rmse(a, ref_fes, common), fes_rmse(b, ref_fes, common)))
+        print(f"    seed {seed}: {int(common.sum())} bins; campaign {common_rmse[-1][0]:.2f} kT, plain "
+              f"{common_rmse[-1][1]:.2f} kT")
+    d, lo, hi = paired_median_difference(*np.array(common_rmse).T)
+    print(f"    medians: campaign {np.median([c for c, _ in common_rmse]):.3g} kT, plain "
+          f"{np.median([p for _, p in common_rmse]):.3g} kT; difference {d:+.3g} [{lo:+.3g}, {hi:+.3g}]; campaign "
+          f"lower in {sum(c < p for c, p in common_rmse)} of {len(common_rmse)} seeds")
     from lss_engine._helpers import jsonable
 
     summaries = {name: {k: v for k, v in ref.items() if k != "fes"} for name, ref in references.items()}
