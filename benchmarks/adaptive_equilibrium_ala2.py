@@ -269,7 +269,7 @@ def as_number(value, missing: float = float("nan")) -> float:
 
 def as_profile(values: list) -> np.ndarray:
     """A stored FES list as an array (empty bins, None once through JSON, as NaN)."""
-    return np.array([np.nan if v is None else v for v in values], dtype=float)
+    return np.array([as_number(v) for v in values], dtype=float)
 
 
 def main() -> None:
