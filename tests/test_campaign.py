@@ -317,7 +317,8 @@ def test_plain_md_continues_each_walker_with_its_velocities(tmp_path):
         assert np.abs(second.positions()[0, 0, :2] - first.positions()[-1, 0, :2]).max() < 3 * step
 
 
-@pytest.mark.parametrize("ranker, extra", [("ucb", ""), ("uncertainty", "\n[model]\n"), ("dream", "")])
+@pytest.mark.parametrize("ranker, extra", [("ucb", ""), ("uncertainty", "\n[model]\n"), ("dream", ""),
+                                           ("timescales", "")])
 def test_each_ranker_runs_a_round(tmp_path, ranker, extra):
     cfg = write_config(tmp_path, ranker=ranker)
     if ranker == "uncertainty":

@@ -25,7 +25,7 @@ Example ``campaign.toml``::
     ensemble = 3             # encoders for the "uncertainty" ranker
 
     [ranker]
-    name = "counts"          # counts | ucb | uncertainty | dream | random | continue (plain MD)
+    name = "counts"          # counts | ucb | uncertainty | dream | timescales | random | continue (plain MD)
     cells = 100
     diversity = "farthest"   # farthest | none
 
@@ -64,7 +64,7 @@ __all__ = ["CampaignConfig", "ClusterConfig", "ExploreConfig", "MDConfig", "Mode
 
 #: Version of the campaign directory's layout (config, event log, attempt folders).
 SCHEMA_VERSION = 1
-RANKERS = ("counts", "ucb", "uncertainty", "dream", "random", "continue")  # continue: plain MD
+RANKERS = ("counts", "ucb", "uncertainty", "dream", "timescales", "random", "continue")  # continue: plain MD
 CLUSTER_KINDS = ("local", "processes", "address", "slurm")
 
 

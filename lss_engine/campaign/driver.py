@@ -566,6 +566,9 @@ class Campaign:
                                      for k in range(cfg.model.ensemble)])
         if cfg.ranker.name == "dream":
             inp.dream = self._dreamer(r)
+        if cfg.ranker.name == "timescales":  # the MSM of the unbiased walkers' dynamics, at the encoder's lag
+            inp.dtrajs = [labels[n0:n0 + n] for c, n0, n in zip(committed, offsets, lengths) if not c.get("bias")]
+            inp.lag = self.encoder(r).lag_frames
         scores = rank(cfg.ranker.name, inp)
         n_explore = cfg.explore.walkers
         flood = n_explore and cfg.explore.mode == "flood"

@@ -31,6 +31,32 @@ Rankers
     :math:`1/N_{c(\psi)}`, with frames farther from every cell centre than
     the largest cell radius counted as a new cell (:math:`N = 1`): the
     frames from which the model *dreams* of reaching rare or unseen regions.
+``timescales`` (the kinetic model's own error bars; Singhal & Pande, J. Chem. Phys. 123, 204909
+(2005); Hinrichs & Pande, J. Chem. Phys. 126, 244101 (2007))
+    A reversible MSM on the cells from the unbiased walkers' transitions at
+    the encoder's lag, :math:`T` with stationary :math:`π` and right
+    eigenvectors :math:`r_k` (:math:`\sum_i π_i r_{ki}^2 = 1`), so
+    :math:`\partial λ_k / \partial T_{ij} = π_i r_{ki} r_{kj}`.  Row
+    :math:`i` of :math:`T` is known from :math:`n_i` counts (posterior
+    covariance :math:`(\mathrm{diag}\,T_i - T_i T_i^\top)/(n_i + 1)`), so
+    to first order
+    :math:`\operatorname{Var} λ_k = \sum_i (π_i r_{ki})^2\,
+    \operatorname{Var}_{T_i}(r_k) / (n_i + 1)`, with
+    :math:`\operatorname{Var}_{T_i}(r_k) = \sum_j T_{ij} r_{kj}^2 -
+    (\sum_j T_{ij} r_{kj})^2`.  A cell's score is how much one more count
+    in its row shrinks the relative variances of the :math:`d` leading
+    implied timescales :math:`t_k = -τ/\ln λ_k`
+    (:math:`\operatorname{Var} t_k / t_k^2 = \operatorname{Var} λ_k /
+    (λ_k \ln λ_k)^2`):
+    :math:`s_i = \sum_{k=2}^{d+1} \frac{(π_i r_{ki})^2
+    \operatorname{Var}_{T_i}(r_k)}{(λ_k \ln λ_k)^2}
+    \left(\frac{1}{n_i+1} - \frac{1}{n_i+2}\right)`.
+    It is largest on both sides of a barrier (where :math:`r_k` changes
+    sign within a row's reach), where the rates, and with them the
+    populations, are least known; cells outside the MSM's connected set
+    score as the best cell.  Adaptive data estimate equilibrium through
+    exactly this model (:mod:`.estimates`), so this ranker spends MD where
+    the estimate is weakest rather than where frames are fewest.
 ``random``
     Uniform scores (a control).
 
@@ -44,8 +70,8 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["RankInput", "align_gauge", "rank", "select_batch", "stratified_subsample", "unbiased_first",
-           "RANKER_FUNCTIONS"]
+__all__ = ["RankInput", "align_gauge", "rank", "select_batch", "stratified_subsample", "timescale_variance",
+           "unbiased_first", "RANKER_FUNCTIONS"]
 
 
 @dataclass
@@ -70,6 +96,9 @@ class RankInput:
         every ensemble member (gauge-aligned), or ``None``.
     dream
         ``f(starts (n, d)) -> (n, walkers, steps, d)``: the latent simulator, or ``None``.
+    dtrajs, lag
+        ``timescales``: the cells of each unbiased walker's frames, and the
+        MSM's lag in frames.
     """
 
     latent: np.ndarray
@@ -82,6 +111,8 @@ class RankInput:
     ensemble: np.ndarray | None = None
     dream: Callable[[np.ndarray], np.ndarray] | None = None
     ucb_c: float = 1.0
+    dtrajs: list[np.ndarray] | None = None
+    lag: int = 1
 
     @property
     def counts(self) -> np.ndarray:
@@ -125,12 +156,84 @@ def _dream(inp: RankInput) -> np.ndarray:
     return value.reshape(paths.shape[0], -1).mean(axis=1)
 
 
+def timescale_variance(C: np.ndarray, n_processes: int) -> tuple[np.ndarray, np.ndarray]:
+    r"""Each row's first-order share of the relative variances :math:`\operatorname{Var} t_k / t_k^2`.
+
+    The reversible MSM of the counts ``C`` on their largest connected set
+    (:math:`T`, :math:`π`, right eigenvectors :math:`r_k` with
+    :math:`\sum_i π_i r_{ki}^2 = 1`); row :math:`i`'s posterior covariance
+    :math:`(\mathrm{diag}\,T_i - T_i T_i^\top)/(n_i + 1)` (the
+    Dirichlet posterior of :math:`n_i = \sum_j c_{ij}` counts) and the
+    sensitivity :math:`\partial λ_k/\partial T_{ij} = π_i r_{ki} r_{kj}` give
+    (Hinrichs & Pande 2007)
+
+    .. math:: q_{ik} = \frac{(π_i r_{ki})^2 \operatorname{Var}_{T_i}(r_k)}
+                        {(n_i + 1)\,(λ_k \ln λ_k)^2}, \qquad
+              \frac{\operatorname{Var} t_k}{t_k^2} ≈ \sum_i q_{ik},
+
+    with :math:`\operatorname{Var}_{T_i}(r_k) = \sum_j T_{ij} r_{kj}^2 -
+    (\sum_j T_{ij} r_{kj})^2` and :math:`t_k = -τ/\ln λ_k`.
+
+    Parameters
+    ----------
+    C
+        ``(n, n)`` transition counts at the lag.
+    n_processes
+        How many leading processes (eigenvalues :math:`λ_2, λ_3, \dots`).
+
+    Returns
+    -------
+    q : ndarray, shape (n, n_processes)
+        NaN for states outside the connected set (and everywhere when it has
+        fewer than two states); 0 for a process with :math:`λ_k \notin (0, 1)`.
+    n : ndarray, shape (n,)
+        Counts :math:`n_i` in each row within the connected set.
+    """
+    from ..kinetics.msm import largest_connected_set, stationary_distribution, transition_matrix_reversible
+
+    C = np.asarray(C, dtype=float)
+    q, n = np.full((len(C), n_processes), np.nan), np.zeros(len(C))
+    active = largest_connected_set(C)
+    if len(active) < 2:
+        return q, n
+    Ca = C[np.ix_(active, active)]
+    T = transition_matrix_reversible(Ca)
+    pi = stationary_distribution(T)
+    s = np.sqrt(pi)
+    M = s[:, None] * T / s[None, :]  # symmetric for a reversible T
+    lam, v = np.linalg.eigh(0.5 * (M + M.T))
+    order = np.argsort(-np.abs(lam))[1:1 + n_processes]
+    lam, r = lam[order], v[:, order] / s[:, None]
+    spread = np.maximum(T @ r ** 2 - (T @ r) ** 2, 0.0)  # Var_{T_i}(r_k)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where((lam > 0) & (lam < 1), 1.0 / (lam * np.log(lam)) ** 2, 0.0)
+    n[active] = Ca.sum(axis=1)
+    q[active] = 0.0
+    q[active, :len(lam)] = (pi[:, None] * r) ** 2 * spread * scale / (n[active, None] + 1.0)
+    return q, n
+
+
+def _timescales(inp: RankInput) -> np.ndarray:
+    if not inp.dtrajs:
+        raise ValueError("the timescales ranker needs the unbiased walkers' cell trajectories")
+    from ..kinetics.msm import count_matrix
+
+    q, n = timescale_variance(count_matrix(inp.dtrajs, inp.lag, n_states=len(inp.centers)), inp.latent.shape[1])
+    cell = q.sum(axis=1) / (n + 2.0)  # q ∝ 1/(n+1) → 1/(n+2): what one more count in the row removes
+    if not np.isfinite(cell).any():  # no kinetic model yet (one cell, or no transitions): the rarest cells
+        return _inverse_counts(inp)
+    best = np.nanmax(cell)
+    cell = np.where(np.isfinite(cell), cell, best)  # outside the connected set: unknown rows, as good as the best
+    return cell[inp.labels[inp.candidates]] + 1e-9 * best * _inverse_counts(inp)  # ties: the rarer cell
+
+
 def _random(inp: RankInput) -> np.ndarray:
     return inp.rng.random(len(inp.candidates))
 
 
 RANKER_FUNCTIONS: dict[str, Callable[[RankInput], np.ndarray]] = {
-    "counts": _inverse_counts, "ucb": _ucb, "uncertainty": _uncertainty, "dream": _dream, "random": _random}
+    "counts": _inverse_counts, "ucb": _ucb, "uncertainty": _uncertainty, "dream": _dream, "timescales": _timescales,
+    "random": _random}
 
 
 def rank(name: str, inp: RankInput) -> np.ndarray:
