@@ -2,6 +2,7 @@
 import numpy as np
 
 from lss_engine.campaign.rankers import RankInput, rank, timescale_variance
+from lss_engine.kinetics.msm import count_matrix
 
 
 def _double_well_chain(n: int = 17, height: float = 4.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -74,7 +75,7 @@ def test_timescales_ranker_scores_frames_by_their_cell_and_unknown_cells_as_the_
     scores = rank("timescales", inp)
     per_cell = {int(c): np.unique(np.round(scores[labels == c] / scores.max(), 9)) for c in np.unique(labels)}
     assert all(len(v) == 1 for v in per_cell.values())
-    q, n = timescale_variance(np.histogram2d(walk[:-1], walk[1:], bins=np.arange(11))[0], 1)
+    q, n = timescale_variance(count_matrix(walk, 1, n_states=10), 1)
     assert np.isnan(q[9]).all() and per_cell[9][0] >= max(v[0] for c, v in per_cell.items() if c != 9)
     inp.dtrajs = [np.zeros(5, int)]
     assert np.allclose(rank("timescales", inp), rank("counts", inp))

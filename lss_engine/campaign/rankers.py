@@ -34,24 +34,12 @@ Rankers
 ``timescales`` (the kinetic model's own error bars; Singhal & Pande, J. Chem. Phys. 123, 204909
 (2005); Hinrichs & Pande, J. Chem. Phys. 126, 244101 (2007))
     A reversible MSM on the cells from the unbiased walkers' transitions at
-    the encoder's lag, :math:`T` with stationary :math:`π` and right
-    eigenvectors :math:`r_k` (:math:`\sum_i π_i r_{ki}^2 = 1`), so
-    :math:`\partial λ_k / \partial T_{ij} = π_i r_{ki} r_{kj}`.  Row
-    :math:`i` of :math:`T` is known from :math:`n_i` counts (posterior
-    covariance :math:`(\mathrm{diag}\,T_i - T_i T_i^\top)/(n_i + 1)`), so
-    to first order
-    :math:`\operatorname{Var} λ_k = \sum_i (π_i r_{ki})^2\,
-    \operatorname{Var}_{T_i}(r_k) / (n_i + 1)`, with
-    :math:`\operatorname{Var}_{T_i}(r_k) = \sum_j T_{ij} r_{kj}^2 -
-    (\sum_j T_{ij} r_{kj})^2`.  A cell's score is how much one more count
-    in its row shrinks the relative variances of the :math:`d` leading
-    implied timescales :math:`t_k = -τ/\ln λ_k`
-    (:math:`\operatorname{Var} t_k / t_k^2 = \operatorname{Var} λ_k /
-    (λ_k \ln λ_k)^2`):
-    :math:`s_i = \sum_{k=2}^{d+1} \frac{(π_i r_{ki})^2
-    \operatorname{Var}_{T_i}(r_k)}{(λ_k \ln λ_k)^2}
-    \left(\frac{1}{n_i+1} - \frac{1}{n_i+2}\right)`.
-    It is largest on both sides of a barrier (where :math:`r_k` changes
+    the encoder's lag; row :math:`i`'s first-order share :math:`q_{ik}` of
+    the relative variance :math:`\operatorname{Var} t_k / t_k^2` of the
+    :math:`d` leading implied timescales (:func:`timescale_variance`) falls
+    as :math:`1/(n_i + 1)` with the row's :math:`n_i` counts, so one more
+    count removes :math:`s_i = \sum_k q_{ik} / (n_i + 2)`: the score.
+    It is largest on both sides of a barrier (where the eigenvectors change
     sign within a row's reach), where the rates, and with them the
     populations, are least known; cells outside the MSM's connected set
     score as the best cell.  Adaptive data estimate equilibrium through
@@ -189,7 +177,8 @@ def timescale_variance(C: np.ndarray, n_processes: int) -> tuple[np.ndarray, np.
     n : ndarray, shape (n,)
         Counts :math:`n_i` in each row within the connected set.
     """
-    from ..kinetics.msm import largest_connected_set, stationary_distribution, transition_matrix_reversible
+    from ..kinetics.msm import (largest_connected_set, reversible_eigenvectors, stationary_distribution,
+                                transition_matrix_reversible)
 
     C = np.asarray(C, dtype=float)
     q, n = np.full((len(C), n_processes), np.nan), np.zeros(len(C))
@@ -201,11 +190,8 @@ def timescale_variance(C: np.ndarray, n_processes: int) -> tuple[np.ndarray, np.
     # disconnected cells of the four-state benchmark it had not in 10^6, which cost tens of seconds per round)
     T = transition_matrix_reversible(Ca, maxiter=10_000)
     pi = stationary_distribution(T)
-    s = np.sqrt(pi)
-    M = s[:, None] * T / s[None, :]  # symmetric for a reversible T
-    lam, v = np.linalg.eigh(0.5 * (M + M.T))
-    order = np.argsort(-np.abs(lam))[1:1 + n_processes]
-    lam, r = lam[order], v[:, order] / s[:, None]
+    lam, r = reversible_eigenvectors(T, pi, 1 + n_processes)
+    lam, r = lam[1:], r[:, 1:]
     spread = np.maximum(T @ r ** 2 - (T @ r) ** 2, 0.0)  # Var_{T_i}(r_k)
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = np.where((lam > 0) & (lam < 1), 1.0 / (lam * np.log(lam)) ** 2, 0.0)

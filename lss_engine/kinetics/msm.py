@@ -64,6 +64,7 @@ __all__ = [
     "stationary_distribution",
     "is_reversible",
     "eigenvalues",
+    "reversible_eigenvectors",
     "timescales_from_eigenvalues",
     "estimate_msm",
     "koopman_from_features",
@@ -240,15 +241,37 @@ def eigenvalues(T: np.ndarray, k: int | None = None, *, pi: np.ndarray | None = 
     if pi is None:
         pi = stationary_distribution(T)
     if np.all(pi > 0) and is_reversible(T, pi):
-        s = np.sqrt(pi)
-        M = s[:, None] * T / s[None, :]
-        ev = np.linalg.eigvalsh(0.5 * (M + M.T))
+        ev = np.linalg.eigvalsh(_symmetrized(T, pi))
     else:
         ev = np.linalg.eigvals(T)
         if np.all(np.abs(ev.imag) < 1e-12):
             ev = ev.real
     ev = ev[np.argsort(-np.abs(ev), kind="stable")]
     return ev if k is None else ev[:k]
+
+
+def _symmetrized(T: np.ndarray, pi: np.ndarray) -> np.ndarray:
+    r""":math:`D_π^{1/2} T D_π^{-1/2}`, symmetrised against round-off (symmetric for a reversible ``T``)."""
+    s = np.sqrt(pi)
+    M = s[:, None] * T / s[None, :]
+    return 0.5 * (M + M.T)
+
+
+def reversible_eigenvectors(T: np.ndarray, pi: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    r"""The ``k`` eigenvalues of largest modulus of a reversible ``T`` and its right eigenvectors.
+
+    From the symmetric :math:`D_π^{1/2} T D_π^{-1/2} = V Λ V^\top`: right
+    eigenvectors :math:`r_k = D_π^{-1/2} v_k`, normalised so that
+    :math:`\sum_i π_i r_{ki}^2 = 1` (left ones are :math:`π ∘ r_k`).
+
+    Returns
+    -------
+    eigenvalues : ndarray, shape (k,)
+    r : ndarray, shape (n, k)
+    """
+    lam, v = np.linalg.eigh(_symmetrized(np.asarray(T, dtype=float), pi))
+    order = np.argsort(-np.abs(lam))[:k]
+    return lam[order], v[:, order] / np.sqrt(pi)[:, None]
 
 
 def timescales_from_eigenvalues(evals: np.ndarray, lag: int, dt: float = 1.0) -> np.ndarray:
